@@ -1,0 +1,105 @@
+"""The `harness` command.
+
+    harness submit [--dry-run] [--force] KEY=VALUE ...   compose, launch, (locally) wait
+    harness show KEY=VALUE ...                           resolved config and run id; runs nothing
+    harness list                                         experiments
+    harness collect [--runs-root DIR] [--output FILE]    RESULTS.md from run directories
+    harness worker RUN_DIR                               (internal) one rank of a run's job
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from harness.errors import HarnessError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Reproduce arXiv 2311.16201.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    submit = commands.add_parser("submit", help="compose an experiment and launch it")
+    submit.add_argument("overrides", nargs="*", help="experiment=NAME key=value ... (a,b sweeps)")
+    submit.add_argument("--dry-run", action="store_true", help="print what would be submitted; write nothing")
+    submit.add_argument("--force", action="store_true", help="start over even if done or running")
+    submit.set_defaults(handler=_submit)
+
+    show = commands.add_parser("show", help="print the resolved config and run id")
+    show.add_argument("overrides", nargs="*")
+    show.set_defaults(handler=_show)
+
+    commands.add_parser("list", help="list experiments").set_defaults(handler=_list)
+
+    collect = commands.add_parser("collect", help="render RESULTS.md from run directories")
+    collect.add_argument("--runs-root", type=Path, default=Path("runs"))
+    collect.add_argument("--output", type=Path, default=Path("RESULTS.md"))
+    collect.set_defaults(handler=_collect)
+
+    worker = commands.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("run_dir")
+    worker.add_argument("--job", default="train", choices=["train"])
+    worker.set_defaults(handler=_worker)
+    return parser
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from harness.submit import submit
+
+    submit(args.overrides, force=args.force, dry_run=args.dry_run)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from harness.config import compose_runs, to_dict
+    from harness.plan import plan
+
+    for composed in compose_runs(args.overrides):
+        print(f"# overrides: {' '.join(composed.overrides) or '(none)'}")
+        print(yaml.safe_dump(to_dict(composed.config), sort_keys=False), end="")
+    try:
+        for planned in plan(args.overrides, log=lambda msg: print(f"# {msg}", file=sys.stderr)):
+            print(f"run: {planned.run.name}  ({planned.state.value}; {planned.run.path})")
+    except HarnessError as exc:
+        print(f"run id: unknown until its inputs exist ({exc})")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from harness.config import list_experiments
+
+    print("\n".join(list_experiments()))
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from harness.results.collect import find_runs, render
+
+    render(args.runs_root, args.output)
+    print(f"wrote {args.output} from {len(find_runs(args.runs_root))} run(s) under {args.runs_root}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from harness.train.loop import main as train_main
+
+    return train_main(args.run_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

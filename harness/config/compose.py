@@ -1,0 +1,194 @@
+"""Compose run configs from jobs/ with Hydra's compose API (never its launcher).
+
+`experiment=X key=value` selects and overrides; `key=a,b` (or Hydra's range/choice syntax) is a
+sweep and expands into one run per combination. Every error is a HarnessError naming the key and
+the file (or the command line) it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.config.schema import RunConfig
+from harness.errors import HarnessError
+
+# jobs/ sits beside the package in a checkout; an image may place it elsewhere.
+JOBS_DIR = Path(os.environ.get("HARNESS_JOBS_DIR", Path(__file__).resolve().parents[2] / "jobs"))
+GROUPS = ("experiment", "model", "data", "cluster", "scale")
+SCHEMA_NAME = "harness_schema"
+
+# Keys whose value must be one of a fixed set; checked after composition.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.positional": ("rotary", "head_rotary", "none"),
+    "data.kind": ("synthetic", "prebuilt"),
+    "data.corpus": ("captions", "text"),
+    "init.strategy": ("random", "pretrained"),
+    "train.precision": ("fp32", "bf16"),
+    "launch.executor": ("local", "slurm"),
+    "launch.runtime": ("none", "apptainer", "docker", "podman"),
+}
+
+ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig)
+
+
+@dataclass(frozen=True)
+class ComposedRun:
+    """One run of a (possibly swept) command line: its overrides, config and group choices."""
+
+    overrides: tuple[str, ...]
+    config: RunConfig
+    choices: dict[str, str]
+
+
+def list_experiments() -> list[str]:
+    return group_options("experiment")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (JOBS_DIR / group).glob("*.yaml"))
+
+
+def compose_runs(overrides: Iterable[str]) -> list[ComposedRun]:
+    """Expand sweeps and compose each resulting override list into a validated RunConfig."""
+    return [_compose_one(list(combo)) for combo in expand_sweeps(list(overrides))]
+
+
+def expand_sweeps(overrides: list[str]) -> list[tuple[str, ...]]:
+    parsed = _parse(overrides)
+    axes: list[list[str]] = []
+    for text, override in zip(overrides, parsed):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            axes.append([text])
+    return list(itertools.product(*axes))
+
+
+def load_run_config(path: Path) -> RunConfig:
+    """Read a resolved config.yaml written at submit; jobs never compose again."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path))
+    except OmegaConfBaseException as exc:
+        raise HarnessError(f"{path}: {getattr(exc, 'full_key', '')}: {_first_line(exc)}") from None
+    return OmegaConf.to_object(merged)
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _parse(overrides: list[str]):
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise HarnessError(f"cannot parse override: {_first_line(exc)}") from None
+
+
+def _compose_one(overrides: list[str]) -> ComposedRun:
+    for override in _parse(overrides):
+        _check_override_key(override.get_key_element().lstrip("+~"))
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(JOBS_DIR), version_base=None):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    except HydraException as exc:
+        raise HarnessError(_explain_hydra_error(exc, overrides)) from None
+    choices = {g: str(cfg.hydra.runtime.choices.get(g)) for g in GROUPS}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    config: RunConfig = OmegaConf.to_object(cfg)
+    _check_choices(config, overrides, choices)
+    return ComposedRun(tuple(overrides), config, choices)
+
+
+def _check_override_key(key: str) -> None:
+    if key in GROUPS:
+        return
+    node: Any = RunConfig
+    for part in key.split("."):
+        hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+        if part not in hints:
+            valid = ", ".join(hints) if hints else "none (not a section)"
+            raise HarnessError(f"unknown key '{key}' (command line); valid keys here: {valid}")
+        node = hints[part]
+
+
+def _check_choices(config: RunConfig, overrides: list[str], choices: dict[str, str]) -> None:
+    flat = _flatten(to_dict(config))
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            origin = origin_of(key, overrides, choices)
+            raise HarnessError(
+                f"{key}: '{flat[key]}' is not one of {', '.join(allowed)} ({origin})"
+            )
+
+
+def origin_of(key: str, overrides: list[str], choices: dict[str, str]) -> str:
+    """Where a key's value came from: the command line, or the last group file that sets it."""
+    for text in overrides:
+        if text.split("=", 1)[0].lstrip("+~") == key:
+            return f"command line: {text}"
+    for group in reversed(GROUPS):
+        path = JOBS_DIR / group / f"{choices.get(group)}.yaml"
+        if path.exists() and key in _flatten(_file_values(path, group)):
+            return str(path.relative_to(JOBS_DIR.parent))
+    return "schema default in harness/config/schema.py"
+
+
+def _file_values(path: Path, group: str) -> dict[str, Any]:
+    text = path.read_text()
+    values = yaml.safe_load(text) or {}
+    values.pop("defaults", None)
+    match = re.search(r"^# @package (\S+)", text, re.MULTILINE)
+    package = match.group(1) if match else group
+    return values if package == "_global_" else {package: values}
+
+
+def _explain_hydra_error(exc: HydraException, overrides: list[str]) -> str:
+    text = str(exc)
+    group_miss = re.search(r"Could not find '(\w+)/([^']+)'", text)
+    if group_miss:
+        group, name = group_miss.groups()
+        return f"unknown {group} '{name}' (command line); valid: {', '.join(group_options(group))}"
+    cause = exc.__cause__
+    if cause is not None and getattr(cause, "full_key", None):
+        bad = next((o for o in overrides if o.split("=", 1)[0] == cause.full_key), cause.full_key)
+        return f"{cause.full_key}: {_first_line(cause)} (command line: {bad})"
+    in_file = re.search(r"In '([^']+)': \w+ raised while composing config:\n(.*)\n\s*full_key: (\S+)", text)
+    if in_file:
+        where, message, key = in_file.groups()
+        return f"{key}: {message.strip()} (jobs/{where}.yaml)"
+    return _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

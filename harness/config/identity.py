@@ -1,0 +1,31 @@
+"""Run identity: a short hash of everything that can change a run's results.
+
+Launch-only settings (cluster, container, partition/account/qos, array parallelism, the data and
+runs roots) are left out so that the same experiment run on another cluster keeps its id. The world
+size is kept (it changes the data order per rank and the reduction order), and so is the hash of the
+data actually read. The upstream run of an init is part of `init.source` once resolved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from harness.config.compose import to_dict
+from harness.config.schema import RunConfig
+
+LAUNCH_ONLY_SECTIONS = ("launch", "paths")
+ID_LENGTH = 10
+
+
+def identity_of(config: RunConfig, data_hash: str) -> dict[str, Any]:
+    values = {k: v for k, v in to_dict(config).items() if k not in LAUNCH_ONLY_SECTIONS}
+    values["world_size"] = config.world_size
+    values["data_hash"] = data_hash
+    return values
+
+
+def run_id_of(config: RunConfig, data_hash: str) -> str:
+    canonical = json.dumps(identity_of(config, data_hash), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:ID_LENGTH]

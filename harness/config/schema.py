@@ -1,0 +1,125 @@
+"""The typed schema of a run's configuration.
+
+Defaults live here; the YAML files under jobs/ hold only what differs from them. Composition merges
+the YAML onto this schema, so an unknown key or a wrong type is rejected with the key's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class ModelConfig:
+    """open_lm architecture: pre-norm LayerNorm, SwiGLU, no linear biases, untied embeddings."""
+
+    name: str = "smoke"
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    # SwiGLU hidden width; 0 = open_lm's rule 256 * ceil(8 * d_model / 3 / 256).
+    ffn_hidden: int = 0
+    # rotary | head_rotary | none. The released open_lm-1b weights were trained with head_rotary.
+    positional: str = "rotary"
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    """A dataset bundle: shards of image-caption pairs and of plain text sharing one text tokenizer."""
+
+    name: str = "smoke"
+    # synthetic (builds itself) | prebuilt (restored by `dvc pull` or the tokenize job)
+    kind: str = "synthetic"
+    # captions: <bos> caption <boi> image <eoi>;  text: <bos> document <eos>
+    corpus: str = "captions"
+    seq_len: int = 96
+    image_size: int = 64
+    codebook_size: int = 1024
+    text_vocab_size: int = 1024
+    n_train: int = 2048
+    n_val: int = 128
+    n_text_train: int = 4096
+    n_text_val: int = 256
+    shard_size: int = 512
+    seed: int = 1234
+
+
+@dataclass
+class InitConfig:
+    # random | pretrained
+    strategy: str = "random"
+    # For pretrained: an experiment name (resolved to its run), `<experiment>/<run_id>`, or a
+    # checkpoint path. Resolved to a concrete run before the run id is computed.
+    source: Optional[str] = None
+    # std of the new (image and special) embedding rows; null = the model's init_std.
+    new_row_std: Optional[float] = None
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 150
+    micro_batch: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # fp32 | bf16
+    precision: str = "fp32"
+    zero_stage: int = 1
+    log_every: int = 5
+    # Write the sample ids each rank reads during the first epoch (small scales only).
+    log_sample_ids: bool = False
+
+
+@dataclass
+class LaunchConfig:
+    """How and where a run executes. Launch-only: none of it enters the run id except world size."""
+
+    cluster: str = "local"
+    # local: submitit's LocalExecutor on this machine | slurm: sbatch
+    executor: str = "local"
+    nodes: int = 1
+    tasks_per_node: int = 2
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: int = 8
+    timeout_min: int = 60
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    array_parallelism: int = 64
+    # Container runtime wrapping each task: none | apptainer | docker | podman
+    runtime: str = "none"
+    image: Optional[str] = None
+
+
+@dataclass
+class PathsConfig:
+    """Roots on the submitting host; made absolute at submit. Launch-only."""
+
+    runs_root: str = "runs"
+    data_root: str = "data"
+
+
+@dataclass
+class RunConfig:
+    experiment: str = "random_init"
+    scale: str = "smoke"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.launch.nodes * self.launch.tasks_per_node

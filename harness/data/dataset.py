@@ -1,0 +1,150 @@
+"""A tokenized dataset on disk: find it, build it (synthetic only), open it.
+
+Only the synthetic smoke/micro datasets build themselves. A missing prebuilt dataset stops the run
+with the command that restores it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from harness.config.schema import DataConfig
+from harness.data import shards, synthetic, text_tokenizer
+from harness.data.image_tokenizer import ImageTokenizer, tiny_movq_config
+from harness.data.shards import Sample, ShardReader
+from harness.data.vocab import VocabLayout
+from harness.errors import HarnessError
+
+BUILDER_KEYS = ("name", "image_size", "codebook_size", "text_vocab_size", "n_train", "n_val",
+                "n_text_train", "n_text_val", "shard_size", "seed")
+ENCODE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    manifest: dict[str, Any]
+    data_hash: str
+
+    def layout(self, corpus: str) -> VocabLayout:
+        text = self.manifest["text_tokenizer"]
+        specials = text["specials"]
+        codebook = self.manifest["image_tokenizer"]["codebook_size"] if corpus == "captions" else 0
+        return VocabLayout(text["vocab_size"], specials["pad"], specials["bos"], specials["eos"], codebook)
+
+    def shard_entries(self, corpus: str, split: str) -> list[dict]:
+        try:
+            return self.manifest["corpora"][corpus][split]
+        except KeyError:
+            raise HarnessError(f"{self.root / shards.MANIFEST}: no {corpus}/{split} split") from None
+
+    def reader(self, corpus: str, split: str) -> ShardReader:
+        return ShardReader(self.root / corpus, self.shard_entries(corpus, split))
+
+
+def dataset_dir(config: DataConfig, data_root: Path) -> Path:
+    if config.kind != "synthetic":
+        return data_root / config.name
+    params = json.dumps({k: getattr(config, k) for k in BUILDER_KEYS}, sort_keys=True)
+    return data_root / f"{config.name}-{hashlib.sha256(params.encode()).hexdigest()[:8]}"
+
+
+def open_dataset(config: DataConfig, data_root: Path) -> Dataset:
+    root = dataset_dir(config, data_root)
+    if not (root / shards.MANIFEST).exists():
+        raise HarnessError(f"dataset '{config.name}' is missing at {root}: {restore_command(config)}")
+    try:
+        manifest, data_hash = shards.read_manifest(root)
+    except shards.ManifestError as exc:
+        raise HarnessError(str(exc)) from None
+    return Dataset(root, manifest, data_hash)
+
+
+def ensure_dataset(config: DataConfig, data_root: Path, log=print) -> Dataset:
+    """Open the dataset, building it first if it is synthetic and not yet built."""
+    root = dataset_dir(config, data_root)
+    if config.kind == "synthetic" and not (root / shards.MANIFEST).exists():
+        log(f"building synthetic dataset '{config.name}' at {root} (once; cached)")
+        build_synthetic(config, root)
+    return open_dataset(config, data_root)
+
+
+def restore_command(config: DataConfig) -> str:
+    return ("restore it with `dvc pull data.dvc`, or produce it with "
+            f"`harness submit experiment=tokenize data={config.name}`")
+
+
+def build_synthetic(config: DataConfig, root: Path) -> None:
+    """Build into a temporary sibling and rename, so a half-built dataset is never opened."""
+    staging = root.with_name(f"{root.name}.building-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tokenizer = text_tokenizer.train_bpe(_bpe_corpus(config), config.text_vocab_size, staging / "tokenizer.json")
+    image_tokenizer = ImageTokenizer.random(tiny_movq_config(config.codebook_size), config.seed)
+    image_tokenizer.save(staging / "image_tokenizer")
+    corpora: dict[str, dict[str, list[dict]]] = {"captions": {}, "text": {}}
+    for split, count in (("train", config.n_train), ("val", config.n_val)):
+        samples = _caption_samples(config, split, count, tokenizer, image_tokenizer)
+        corpora["captions"][split] = shards.write_shards(samples, staging / "captions", split, config.shard_size)
+    for split, count in (("train", config.n_text_train), ("val", config.n_text_val)):
+        samples = _text_samples(config, split, count, tokenizer)
+        corpora["text"][split] = shards.write_shards(samples, staging / "text", split, config.shard_size)
+    shards.write_manifest(staging, {
+        "name": config.name,
+        "kind": "synthetic",
+        "builder": {k: getattr(config, k) for k in BUILDER_KEYS},
+        "text_tokenizer": {
+            "file": "tokenizer.json", "sha256": shards.file_sha256(staging / "tokenizer.json"),
+            "vocab_size": tokenizer.get_vocab_size(), "specials": text_tokenizer.special_ids(tokenizer),
+            "kind": "byte-level BPE trained on the smoke corpora",
+        },
+        "image_tokenizer": {
+            "directory": "image_tokenizer", "architecture": "MoVQ (diffusers VQModel, norm_type=spatial)",
+            "weights": image_tokenizer.weights, "sha256": image_tokenizer.fingerprint(),
+            "codebook_size": config.codebook_size, "image_size": config.image_size,
+            "tokens_per_image": image_tokenizer.tokens_per_image(config.image_size),
+        },
+        "corpora": corpora,
+    })
+    shutil.rmtree(root, ignore_errors=True)
+    staging.rename(root)
+
+
+def _bpe_corpus(config: DataConfig) -> Iterator[str]:
+    for i in range(config.n_train):
+        yield synthetic.captioned_image(i, "train", config.image_size, config.seed).caption
+    for i in range(config.n_text_train):
+        yield synthetic.text_document(i, "train", config.seed)[1]
+
+
+def _caption_samples(config: DataConfig, split: str, count: int, tokenizer, image_tokenizer) -> Iterator[Sample]:
+    for start in range(0, count, ENCODE_BATCH):
+        batch = [synthetic.captioned_image(i, split, config.image_size, config.seed)
+                 for i in range(start, min(start + ENCODE_BATCH, count))]
+        codes = image_tokenizer.encode(np.stack([item.pixels for item in batch]))
+        for item, item_codes in zip(batch, codes):
+            ids = np.asarray(tokenizer.encode(item.caption).ids)
+            yield Sample(item.sample_id, ids, item_codes, item.caption)
+
+
+def _text_samples(config: DataConfig, split: str, count: int, tokenizer) -> Iterator[Sample]:
+    for i in range(count):
+        sample_id, text = synthetic.text_document(i, split, config.seed)
+        yield Sample(sample_id, np.asarray(tokenizer.encode(text).ids), None, text)
+
+
+def describe(dataset: Dataset) -> dict[str, Any]:
+    """The provenance summary of a dataset."""
+    m = dataset.manifest
+    return {"name": m["name"], "hash": dataset.data_hash, "root": str(dataset.root),
+            "text_tokenizer": m["text_tokenizer"]["sha256"], "image_tokenizer": m["image_tokenizer"]["sha256"],
+            "image_tokenizer_weights": m["image_tokenizer"]["weights"]}
+

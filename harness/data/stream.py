@@ -1,0 +1,87 @@
+"""The training stream: a seeded, checkpointable order over (shard, offset), split across ranks.
+
+Every epoch has its own permutation: shards in a seeded order, samples in a seeded order within each
+shard (so a rank reads a shard at a time, not random bytes everywhere). The stream is the epochs
+concatenated; its state is one integer, the number of samples consumed by all ranks together.
+Step s takes global positions [s*B, (s+1)*B) with B = world * local batch, and rank r takes the r-th
+contiguous slice of that, so ranks are disjoint and together cover each epoch exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from harness.data.shards import Sample, ShardReader
+from harness.data.vocab import VocabLayout
+
+
+@dataclass(frozen=True)
+class Batch:
+    tokens: torch.Tensor  # int64 [batch, seq_len]; inputs are tokens[:, :-1], targets tokens[:, 1:]
+    sample_ids: tuple[str, ...]
+    epoch: int
+
+
+class EpochOrder:
+    def __init__(self, shard_sizes: list[int], seed: int) -> None:
+        self.shard_sizes = shard_sizes
+        self.seed = seed
+        self.epoch_size = sum(shard_sizes)
+
+    @lru_cache(maxsize=2)
+    def order(self, epoch: int) -> np.ndarray:
+        """[(shard, offset)] of every sample of the epoch, in stream order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        parts = []
+        for shard in rng.permutation(len(self.shard_sizes)):
+            offsets = rng.permutation(self.shard_sizes[shard])
+            parts.append(np.stack([np.full_like(offsets, shard), offsets], axis=1))
+        return np.concatenate(parts)
+
+    def at(self, position: int) -> tuple[int, int, int]:
+        """(epoch, shard, offset) of a global stream position."""
+        epoch, index = divmod(position, self.epoch_size)
+        shard, offset = self.order(epoch)[index]
+        return epoch, int(shard), int(offset)
+
+
+class RankStream:
+    """The samples one rank trains on, step by step, resumable from a global position."""
+
+    def __init__(self, reader: ShardReader, order: EpochOrder, layout: VocabLayout, seq_len: int,
+                 rank: int, world_size: int, local_batch: int) -> None:
+        self.reader, self.order, self.layout, self.seq_len = reader, order, layout, seq_len
+        self.rank, self.world_size, self.local_batch = rank, world_size, local_batch
+
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.local_batch
+
+    def batch(self, step: int) -> Batch:
+        start = step * self.global_batch + self.rank * self.local_batch
+        located = [self.order.at(p) for p in range(start, start + self.local_batch)]
+        samples = [self.reader.sample(shard, offset) for _, shard, offset in located]
+        tokens = torch.stack([sequence(s, self.layout, self.seq_len) for s in samples])
+        return Batch(tokens, tuple(s.sample_id for s in samples), located[0][0])
+
+
+def sequence(sample: Sample, layout: VocabLayout, seq_len: int) -> torch.Tensor:
+    """`<bos> caption <boi> image <eoi>` (or `<bos> text <eos>`), padded to seq_len.
+
+    The caption (or document) is truncated to fit; image tokens never are.
+    """
+    if sample.image_ids is not None and layout.codebook_size:
+        image = [layout.image_offset + int(c) for c in sample.image_ids]
+        tail = [layout.boi, *image, layout.eoi]
+    else:
+        tail = [layout.eos]
+    room = seq_len - 1 - len(tail)
+    if room < 0:
+        raise ValueError(f"seq_len {seq_len} cannot hold {len(tail)} image and special tokens")
+    ids = [layout.bos, *(int(t) for t in sample.text_ids[:room]), *tail]
+    ids += [layout.pad] * (seq_len - len(ids))
+    return torch.tensor(ids, dtype=torch.long)

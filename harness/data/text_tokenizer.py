@@ -1,0 +1,39 @@
+"""Text tokenizer: a byte-level BPE in the `tokenizers` format (GPT-NeoX-20B's tokenizer.json at
+paper scale; trained here from the smoke corpora at smoke and micro scale)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+SPECIALS = ("<pad>", "<bos>", "<eos>")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> Tokenizer:
+    """Train a byte-level BPE with the special tokens first (ids 0, 1, 2) and save it to path."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.save(str(path))
+    return tokenizer
+
+
+def load(path: Path) -> Tokenizer:
+    return Tokenizer.from_file(str(path))
+
+
+def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
+    ids = {name.strip("<>"): tokenizer.token_to_id(name) for name in SPECIALS}
+    missing = [name for name, i in ids.items() if i is None]
+    if missing:
+        raise ValueError(f"tokenizer lacks special tokens {missing}")
+    return ids

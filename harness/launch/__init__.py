@@ -1,0 +1,1 @@
+"""Launch: executors from a cluster profile, the per-task wrapper, the torch distributed env."""

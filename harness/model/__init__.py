@@ -1,0 +1,1 @@
+"""Model: the open_lm architecture, vocabulary expansion and initialisation strategies."""

@@ -1,0 +1,60 @@
+"""Build a model for a run: random initialisation, or from a pre-trained text LM.
+
+Pre-trained init copies the transformer body and the text rows of the input and output embeddings
+bit for bit, and draws the new rows (image codes, <boi>, <eoi>) explicitly from N(0, std). It never
+mean-resizes: transformers' `resize_token_embeddings` default would make every new row nearly equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from harness.config.schema import RunConfig
+from harness.data.vocab import VocabLayout
+from harness.model.open_lm import Architecture, OpenLM
+
+VOCAB_PARAMS = ("tok_embeddings.weight", "output.weight")
+NEW_ROWS_SEED_OFFSET = 7919  # new-row draws use their own stream, apart from the body's init
+
+
+def build_model(config: RunConfig, layout: VocabLayout, source: dict | None = None) -> OpenLM:
+    """The run's model at step 0. `source` is a loaded model file (see train.checkpoint)."""
+    arch = Architecture.from_config(config.model, layout.size)
+    torch.manual_seed(config.seed)
+    model = OpenLM(arch)
+    if config.init.strategy == "pretrained":
+        if source is None:
+            raise ValueError("init.strategy=pretrained needs a source model")
+        std = config.init.new_row_std if config.init.new_row_std is not None else config.model.init_std
+        copy_pretrained(model, source, layout, std, seed=config.seed + NEW_ROWS_SEED_OFFSET)
+    return model
+
+
+def copy_pretrained(model: OpenLM, source: dict, layout: VocabLayout, new_row_std: float, seed: int) -> None:
+    state = source["state_dict"]
+    source_arch = Architecture(**source["architecture"])
+    _check_compatible(model.arch, source_arch, layout)
+    target = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in target.items():
+            if name not in state:
+                raise ValueError(f"pre-trained model lacks '{name}'")
+            if name in VOCAB_PARAMS:
+                tensor[: layout.text_size].copy_(state[name][: layout.text_size])
+                generator = torch.Generator().manual_seed(seed + VOCAB_PARAMS.index(name))
+                new_rows = tensor[layout.text_size:]
+                new_rows.copy_(torch.randn(new_rows.shape, generator=generator) * new_row_std)
+            else:
+                tensor.copy_(state[name])
+
+
+def _check_compatible(arch: Architecture, source: Architecture, layout: VocabLayout) -> None:
+    mine = {k: v for k, v in asdict(arch).items() if k not in ("vocab_size", "init_std")}
+    theirs = {k: v for k, v in asdict(source).items() if k not in ("vocab_size", "init_std")}
+    differ = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+    if differ:
+        raise ValueError(f"pre-trained model architecture differs (source, this run): {differ}")
+    if source.vocab_size < layout.text_size:
+        raise ValueError(f"pre-trained vocabulary {source.vocab_size} < text vocabulary {layout.text_size}")

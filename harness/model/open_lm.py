@@ -1,0 +1,138 @@
+"""The open_lm decoder (mlfoundations/open_lm), with its state-dict key names.
+
+Pre-norm LayerNorm (with bias), fused q/k/v projection, SwiGLU feed-forward with fused gate/up
+weights (`w12`), no linear biases, untied input and output embeddings. Positional variants:
+`rotary` (NeoX rotate-half RoPE, base 10000), `head_rotary` (open_lm's variant that indexes the
+rotation by head; q and k of a head get the same rotation, so attention ignores position beyond the
+causal mask), and `none`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.config.schema import ModelConfig
+
+
+@dataclass(frozen=True)
+class Architecture:
+    d_model: int
+    n_layers: int
+    n_heads: int
+    ffn_hidden: int
+    vocab_size: int
+    positional: str
+    norm_eps: float
+    init_std: float
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, vocab_size: int) -> "Architecture":
+        hidden = config.ffn_hidden or swiglu_hidden(config.d_model)
+        return cls(config.d_model, config.n_layers, config.n_heads, hidden, vocab_size,
+                   config.positional, config.norm_eps, config.init_std)
+
+
+def swiglu_hidden(d_model: int) -> int:
+    """open_lm's SwiGLU width: 256 * ceil(8 * d_model / 3 / 256) (2048 -> 5632)."""
+    return 256 * math.ceil(8 * d_model / 3 / 256)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, by_head: bool, base: float = 10000.0) -> None:
+        super().__init__()
+        self.by_head = by_head
+        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # q, k: [batch, seq, heads, head_dim]; head_rotary indexes the rotation by the head axis.
+        axis = 2 if self.by_head else 1
+        index = torch.arange(q.shape[axis], device=q.device, dtype=self.inv_freq.dtype)
+        angles = torch.outer(index, self.inv_freq)
+        cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+        shape = (1, 1, -1, q.shape[-1]) if self.by_head else (1, -1, 1, q.shape[-1])
+        cos, sin = cos.view(shape).to(q.dtype), sin.view(shape).to(q.dtype)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.n_heads = arch.n_heads
+        self.head_dim = arch.d_model // arch.n_heads
+        self.in_proj = nn.Linear(arch.d_model, 3 * arch.d_model, bias=False)
+        self.out_proj = nn.Linear(arch.d_model, arch.d_model, bias=False)
+        self.pos_embed = (RotaryEmbedding(self.head_dim, by_head=arch.positional == "head_rotary")
+                          if arch.positional != "none" else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q, k, v = self.in_proj(x).view(batch, seq, 3, self.n_heads, self.head_dim).unbind(2)
+        if self.pos_embed is not None:
+            q, k = self.pos_embed(q, k)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             is_causal=True)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.w12 = nn.Linear(arch.d_model, 2 * arch.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(arch.ffn_hidden, arch.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(arch.d_model, eps=arch.norm_eps)
+        self.attention = Attention(arch)
+        self.ffn_norm = nn.LayerNorm(arch.d_model, eps=arch.norm_eps)
+        self.feed_forward = SwiGLU(arch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x))
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class OpenLM(nn.Module):
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.arch = arch
+        self.tok_embeddings = nn.Embedding(arch.vocab_size, arch.d_model)
+        self.layers = nn.ModuleList(Block(arch) for _ in range(arch.n_layers))
+        self.norm = nn.LayerNorm(arch.d_model, eps=arch.norm_eps)
+        self.output = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) everywhere; residual output projections scaled by 1/sqrt(2 * layers)."""
+        std = self.arch.init_std
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(param)
+            elif name.endswith("norm.bias"):
+                nn.init.zeros_(param)
+            elif name.endswith(("out_proj.weight", "w3.weight")):
+                nn.init.normal_(param, std=std / math.sqrt(2 * self.arch.n_layers))
+            else:
+                nn.init.normal_(param, std=std)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            x = layer(x)
+        return self.output(self.norm(x))

@@ -1,0 +1,76 @@
+"""From a command line to concrete runs: compose, resolve upstream inits, find the data, name runs.
+
+A plan lists runs in dependency order (an upstream run before the runs that start from it) and
+writes nothing under the runs root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.config import ComposedRun, RunConfig, compose_runs, list_experiments, run_id_of
+from harness.data.dataset import Dataset, describe, ensure_dataset
+from harness.rundir import RunDir, RunState
+
+# Overrides that an upstream run inherits from the command line: where and at what scale it runs,
+# and on which data and architecture. Seeds and training settings belong to the downstream run.
+INHERITED_GROUPS = ("scale", "model", "data", "cluster")
+INHERITED_PREFIXES = ("model.", "paths.", "launch.", "data.")
+NOT_INHERITED = ("data.corpus",)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    config: RunConfig
+    overrides: tuple[str, ...]
+    run: RunDir
+    dataset: Dataset
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def state(self) -> RunState:
+        return self.run.state()
+
+    def data_provenance(self) -> dict:
+        return describe(self.dataset)
+
+
+def plan(overrides: list[str], log=print) -> list[PlannedRun]:
+    planned: dict[Path, PlannedRun] = {}
+    for composed in compose_runs(overrides):
+        for item in _plan_one(composed, log):
+            planned.setdefault(item.run.path, item)
+    return list(planned.values())
+
+
+def _plan_one(composed: ComposedRun, log) -> list[PlannedRun]:
+    config = _absolute_paths(composed.config)
+    upstream: list[PlannedRun] = []
+    if config.init.strategy == "pretrained" and config.init.source in list_experiments():
+        upstream = _plan_one(_compose_upstream(config.init.source, composed.overrides), log)
+        reference = upstream[-1].run.name
+        config = dataclasses.replace(config, init=dataclasses.replace(config.init, source=reference))
+    dataset = ensure_dataset(config.data, Path(config.paths.data_root), log=log)
+    run_id = run_id_of(config, dataset.data_hash)
+    run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id)
+    return [*upstream, PlannedRun(config, composed.overrides, run, dataset)]
+
+
+def _compose_upstream(experiment: str, overrides: tuple[str, ...]) -> ComposedRun:
+    inherited = [o for o in overrides if _inherited(o.split("=", 1)[0].lstrip("+~"))]
+    return compose_runs([f"experiment={experiment}", *inherited])[0]
+
+
+def _inherited(key: str) -> bool:
+    return key not in NOT_INHERITED and (key in INHERITED_GROUPS or key.startswith(INHERITED_PREFIXES))
+
+
+def _absolute_paths(config: RunConfig) -> RunConfig:
+    paths = dataclasses.replace(config.paths, runs_root=str(Path(config.paths.runs_root).resolve()),
+                                data_root=str(Path(config.paths.data_root).resolve()))
+    return dataclasses.replace(config, paths=paths)

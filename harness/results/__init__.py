@@ -1,0 +1,1 @@
+"""Results: the collector that rebuilds RESULTS.md from run directories."""

@@ -1,0 +1,158 @@
+"""The run directory: the only interface between jobs and the collector.
+
+    runs/<experiment>/<run_id>/
+      config.yaml        resolved config, written once at submit
+      provenance.json    code, data, packages, host; one entry per attempt
+      submit.sh          the exact script submitted (Slurm); absent for local runs
+      logs/<attempt>/    scheduler and trainer logs of each attempt
+      metrics.jsonl      one line per logged step
+      checkpoints/       model files (final/ at the end)
+      eval/              <name>@<step>.json
+      DONE               written last, when the run completed
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from harness.config import RunConfig, to_dict
+
+
+class RunState(str, Enum):
+    NEW = "new"              # no directory yet
+    DONE = "done"
+    RUNNING = "running"      # an attempt is pending or running
+    FAILED = "failed"        # the last attempt ended without DONE (failed, cancelled, timed out)
+    INTERRUPTED = "interrupted"  # an attempt started but its job is gone without an end record
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def of(cls, runs_root: Path, experiment: str, run_id: str) -> "RunDir":
+        return cls(runs_root / experiment / run_id)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def experiment(self) -> str:
+        return self.path.parent.name
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}/{self.run_id}"
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    provenance_path = property(lambda self: self.path / "provenance.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    done_path = property(lambda self: self.path / "DONE")
+
+    def logs(self, attempt: int) -> Path:
+        return self.path / "logs" / str(attempt)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def create(self, config: RunConfig, provenance: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.exists():
+            self.config_path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        if not self.provenance_path.exists():
+            self._write_provenance({**provenance, "attempts": []})
+
+    def update_provenance(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read-modify-write under a lock: the submitter and rank 0 may update it at once."""
+        with open(self.path / ".provenance.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            provenance = self.provenance()
+            change(provenance)
+            self._write_provenance(provenance)
+        return provenance
+
+    def add_attempt(self, executor: str) -> int:
+        """Recorded by the submitter just before submitting; returns the attempt number."""
+        def append(p: dict[str, Any]) -> None:
+            p["attempts"].append({
+                "attempt": len(p["attempts"]) + 1, "job_id": None, "executor": executor,
+                "submit_host": socket.gethostname(), "submitted": _now(), "nodes": [], "start": None,
+                "end": None, "exit_reason": None})
+        return self.update_provenance(append)["attempts"][-1]["attempt"]
+
+    def set_job_id(self, attempt: int, job_id: str) -> None:
+        self._update_attempt(attempt, job_id=job_id)
+
+    def start_attempt(self, attempt: int, nodes: list[str]) -> None:
+        """Recorded by rank 0 when the job starts running."""
+        self._update_attempt(attempt, nodes=nodes, start=_now())
+
+    def end_attempt(self, attempt: int, exit_reason: str) -> None:
+        self._update_attempt(attempt, end=_now(), exit_reason=exit_reason)
+
+    def _update_attempt(self, attempt: int, **fields: Any) -> None:
+        def change(p: dict[str, Any]) -> None:
+            for entry in p["attempts"]:
+                if entry["attempt"] == attempt:
+                    entry.update(fields)
+        self.update_provenance(change)
+
+    def mark_done(self) -> None:
+        self.done_path.write_text(_now() + "\n")
+
+    def _write_provenance(self, provenance: dict[str, Any]) -> None:
+        partial = self.provenance_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(provenance, indent=1) + "\n")
+        os.replace(partial, self.provenance_path)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def provenance(self) -> dict[str, Any]:
+        return json.loads(self.provenance_path.read_text()) if self.provenance_path.exists() else {}
+
+    def attempts(self) -> list[dict[str, Any]]:
+        return self.provenance().get("attempts", [])
+
+    def state(self) -> RunState:
+        if not self.config_path.exists():
+            return RunState.NEW
+        if self.done_path.exists():
+            return RunState.DONE
+        attempts = self.attempts()
+        if not attempts:
+            return RunState.INTERRUPTED
+        last = attempts[-1]
+        if last["end"] is not None:
+            return RunState.FAILED
+        return RunState.RUNNING if _alive(last) else RunState.INTERRUPTED
+
+
+def _alive(attempt: dict[str, Any]) -> bool:
+    """Whether an attempt's job can still run. Local jobs: their controlling process exists."""
+    if attempt.get("executor") != "local":
+        return True  # a scheduler's job: never assumed dead here (launch.slurm asks Slurm)
+    if attempt.get("submit_host") != socket.gethostname() or attempt.get("job_id") is None:
+        return True
+    try:
+        os.kill(int(attempt["job_id"]), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

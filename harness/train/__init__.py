@@ -1,0 +1,1 @@
+"""Training: the DeepSpeed loop, the loss split, checkpoints and metrics."""

@@ -1,0 +1,54 @@
+"""Consolidated model files: what `init.source` and evaluation read.
+
+`checkpoints/<name>/model.pt` holds the full state dict, the architecture and the vocabulary layout;
+`checkpoints/<name>/COMPLETE` is written last, so a file without it (a kill mid-write) never counts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.data.vocab import VocabLayout
+from harness.errors import HarnessError
+from harness.model.open_lm import OpenLM
+
+MODEL_FILE = "model.pt"
+COMPLETE = "COMPLETE"
+
+
+def save_model(directory: Path, model: OpenLM, layout: VocabLayout, step: int, tokens: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / COMPLETE).unlink(missing_ok=True)
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "architecture": asdict(model.arch),
+        "layout": asdict(layout),
+        "step": step,
+        "tokens": tokens,
+    }
+    partial = directory / f"{MODEL_FILE}.partial"
+    torch.save(payload, partial)
+    os.replace(partial, directory / MODEL_FILE)
+    (directory / COMPLETE).write_text(f"step {step} tokens {tokens}\n")
+
+
+def load_model_file(path: Path) -> dict[str, Any]:
+    """Load a model file (or a checkpoint directory holding one); errors name the file."""
+    path = path / MODEL_FILE if path.is_dir() else path
+    if not path.exists():
+        raise HarnessError(f"model file {path} does not exist")
+    if path.name == MODEL_FILE and not (path.parent / COMPLETE).exists():
+        raise HarnessError(f"model file {path} is incomplete (no {COMPLETE} marker beside it)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise HarnessError(f"model file {path} is unreadable: {type(exc).__name__}: {exc}") from None
+    missing = {"state_dict", "architecture"} - set(payload) if isinstance(payload, dict) else {"state_dict"}
+    if missing:
+        raise HarnessError(f"model file {path} lacks {sorted(missing)}: not written by this harness")
+    return payload

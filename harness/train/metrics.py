@@ -1,0 +1,42 @@
+"""metrics.jsonl: one line per logged step.
+
+Result fields (step, tokens, loss, loss_text, loss_image, lr, grad_norm) are kept apart from the
+`timing` object, so two runs can be compared bit for bit on everything but timing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+TIMING_KEY = "timing"
+
+
+class MetricsWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any], timing: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({**record, TIMING_KEY: timing}) + "\n")
+            f.flush()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return list(_lines(path)) if path.exists() else []
+
+
+def _lines(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    return  # a line cut by a kill mid-write ends the readable part
+
+
+def without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != TIMING_KEY} for r in records]
