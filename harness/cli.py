@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("run_dir")
     worker.add_argument("--job", default="train", choices=["train"])
+    worker.add_argument("--error-file", help="where to write a one-line failure reason")
     worker.set_defaults(handler=_worker)
     return parser
 
@@ -98,7 +99,7 @@ def _collect(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from harness.train.loop import main as train_main
 
-    return train_main(args.run_dir)
+    return train_main(args.run_dir, args.error_file)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from harness.config import ComposedRun, RunConfig, compose_runs, list_experiments, run_id_of
 from harness.data.dataset import Dataset, describe, ensure_dataset
+from harness.errors import HarnessError
 from harness.rundir import RunDir, RunState
+from harness.train.sources import is_run_reference
 
 # Overrides that an upstream run inherits from the command line: where and at what scale it runs,
 # and on which data and architecture. Seeds and training settings belong to the downstream run.
@@ -55,10 +57,25 @@ def _plan_one(composed: ComposedRun, log) -> list[PlannedRun]:
         upstream = _plan_one(_compose_upstream(config.init.source, composed.overrides), log)
         reference = upstream[-1].run.name
         config = dataclasses.replace(config, init=dataclasses.replace(config.init, source=reference))
+    elif config.init.strategy == "pretrained":
+        _check_source(config)
     dataset = ensure_dataset(config.data, Path(config.paths.data_root), log=log)
     run_id = run_id_of(config, dataset.data_hash)
     run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id)
     return [*upstream, PlannedRun(config, composed.overrides, run, dataset)]
+
+
+def _check_source(config: RunConfig) -> None:
+    """A named upstream run must be done; a path must exist. Checked before anything is written."""
+    source = config.init.source or ""
+    if is_run_reference(source):
+        upstream = RunDir(Path(config.paths.runs_root) / source)
+        if upstream.state() != RunState.DONE:
+            raise HarnessError(f"init.source={source}: that run is {upstream.state().value}, not done "
+                               f"(under {config.paths.runs_root})")
+    elif not Path(source).exists():
+        raise HarnessError(f"init.source={source!r}: not an experiment ({', '.join(list_experiments())}), "
+                           "not <experiment>/<run_id>, and no such file")
 
 
 def _compose_upstream(experiment: str, overrides: tuple[str, ...]) -> ComposedRun:

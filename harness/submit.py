@@ -54,7 +54,8 @@ def submit(overrides: list[str], force: bool = False, dry_run: bool = False, out
 
 def launch(planned: PlannedRun) -> submitit.Job:
     run, config = planned.run, planned.config
-    run.create(config, submit_provenance(planned.data_provenance(), config.launch.image, list(planned.overrides)))
+    provenance = submit_provenance(planned.data_provenance(), config.launch.image, list(planned.overrides))
+    run.create(config, {**provenance, "world_size": config.world_size, "cluster": config.launch.cluster})
     attempt = run.add_attempt(config.launch.executor)
     executor = make_executor(config.launch, run.logs(attempt))
     executor.update_parameters(name=f"{config.experiment}-{run.run_id}")
@@ -78,8 +79,9 @@ def wait_local(planned: PlannedRun, job: submitit.Job, out: TextIO) -> None:
         print(file=out)
     try:
         job.results()
-    except Exception as exc:  # submitit wraps the task's exception with its traceback
-        raise RunFailed(f"{run.name} failed: {_last_line(exc)}; logs: {job.paths.folder}") from None
+    except Exception:  # submitit wraps the task's exception; rank 0 recorded the reason already
+        reason = run.attempts()[-1].get("exit_reason") or "no reason recorded"
+        raise RunFailed(f"{run.name} {reason}; logs: {job.paths.folder}") from None
     final = read_metrics(run.metrics_path)[-1]
     print(f"{run.name}: done in {run.path}", file=out)
     print(f"  final loss_text {_fmt(final.get('loss_text'))}  loss_image {_fmt(final.get('loss_image'))}"
@@ -112,10 +114,3 @@ def _set_aside(run: RunDir, out: TextIO) -> None:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def _last_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(exc).__name__
-
-

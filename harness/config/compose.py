@@ -169,7 +169,7 @@ def _explain_hydra_error(exc: HydraException, overrides: list[str]) -> str:
         return f"unknown {group} '{name}' (command line); valid: {', '.join(group_options(group))}"
     cause = exc.__cause__
     if cause is not None and getattr(cause, "full_key", None):
-        bad = next((o for o in overrides if o.split("=", 1)[0] == cause.full_key), cause.full_key)
+        bad = next((o for o in overrides if cause.full_key.startswith(o.split("=", 1)[0])), cause.full_key)
         return f"{cause.full_key}: {_first_line(cause)} (command line: {bad})"
     in_file = re.search(r"In '([^']+)': \w+ raised while composing config:\n(.*)\n\s*full_key: (\S+)", text)
     if in_file:

@@ -67,8 +67,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
     # fp32 | bf16
     precision: str = "fp32"

@@ -98,10 +98,11 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
-        self.attention_norm = nn.LayerNorm(arch.d_model, eps=arch.norm_eps)
+        # Definition order fixes state_dict order; it matches open_lm's.
         self.attention = Attention(arch)
-        self.ffn_norm = nn.LayerNorm(arch.d_model, eps=arch.norm_eps)
         self.feed_forward = SwiGLU(arch)
+        self.attention_norm = nn.LayerNorm(arch.d_model, eps=arch.norm_eps)
+        self.ffn_norm = nn.LayerNorm(arch.d_model, eps=arch.norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x))

@@ -20,6 +20,7 @@ from harness.config import RunConfig, load_run_config
 from harness.data.dataset import Dataset, open_dataset
 from harness.data.stream import EpochOrder, RankStream
 from harness.data.vocab import VocabLayout
+from harness.errors import HarnessError
 from harness.model.init import build_model
 from harness.rundir import RunDir
 from harness.train import checkpoint
@@ -122,7 +123,7 @@ def deepspeed_config(config: RunConfig) -> dict:
         "train_batch_size": train.micro_batch * train.grad_accum * config.world_size,
         # torch_adam: DeepSpeed's fused Adam would JIT-compile on first use (~70 s on CPU).
         "optimizer": {"type": "AdamW", "params": {
-            "lr": train.lr, "betas": [train.beta1, train.beta2], "eps": 1e-8,
+            "lr": train.lr, "betas": list(train.betas), "eps": 1e-8,
             "weight_decay": train.weight_decay, "torch_adam": True}},
         "scheduler": {"type": "WarmupCosineLR", "params": {
             "total_num_steps": train.steps, "warmup_num_steps": train.warmup_steps,
@@ -171,11 +172,16 @@ def _sample_id_log(run: RunDir, config: RunConfig, rank: int):
     return open(path, "w")
 
 
-def main(run_dir: str) -> int:
+def main(run_dir: str, error_file: str | None = None) -> int:
+    """Run one rank; on failure leave a one-line reason where the host-side task can read it."""
     try:
         train(Path(run_dir))
     except Exception as exc:
-        print(f"trainer failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        reason = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
+        reason = " ".join(reason.split())
+        print(f"trainer failed: {reason}", file=sys.stderr, flush=True)
+        if error_file:
+            Path(error_file).write_text(reason + "\n")
         raise
     return 0
 

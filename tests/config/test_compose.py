@@ -1,0 +1,87 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.config import compose, compose_runs, list_experiments
+from harness.config.compose import expand_sweeps
+from harness.errors import HarnessError
+
+
+def test_defaults_compose_the_smoke_random_init_run():
+    (run,) = compose_runs([])
+    config = run.config
+    assert (config.experiment, config.scale, config.launch.cluster) == ("random_init", "smoke", "local")
+    assert (config.model.name, config.data.name, config.init.strategy) == ("smoke", "smoke", "random")
+    assert config.world_size == 2
+
+
+def test_scale_selects_model_and_data_but_the_command_line_wins():
+    config = compose_runs(["scale=micro"])[0].config
+    assert (config.model.name, config.data.name, config.train.steps) == ("micro", "micro", 24)
+    config = compose_runs(["scale=micro", "model=smoke"])[0].config
+    assert (config.model.name, config.data.name) == ("smoke", "micro")
+
+
+def test_experiment_sets_its_own_keys():
+    config = compose_runs(["experiment=pretrain_text"])[0].config
+    assert config.data.corpus == "text"
+    config = compose_runs(["experiment=pretrained"])[0].config
+    assert (config.init.strategy, config.init.source) == ("pretrained", "pretrain_text")
+
+
+def test_key_and_list_overrides_are_typed():
+    config = compose_runs(["train.lr=0.5", "train.betas=[0.8,0.99]", "seed=3"])[0].config
+    assert config.train.lr == 0.5 and config.train.betas == [0.8, 0.99] and config.seed == 3
+
+
+def test_comma_lists_are_sweeps_expanded_as_a_product():
+    runs = compose_runs(["seed=0,1,2", "train.lr=0.1,0.2"])
+    assert [(r.config.seed, r.config.train.lr) for r in runs] == [
+        (0, 0.1), (0, 0.2), (1, 0.1), (1, 0.2), (2, 0.1), (2, 0.2)]
+    assert expand_sweeps(["seed=range(0,2)"]) == [("seed=0",), ("seed=1",)]
+
+
+def test_list_experiments():
+    assert {"pretrain_text", "random_init", "pretrained"} <= set(list_experiments())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["experiment=nope"], "unknown experiment 'nope' (command line); valid: pretrain_text, pretrained"),
+    (["train.lr=abc"], "train.lr: Value 'abc' of type 'str' could not be converted to Float (command line: train.lr=abc)"),
+    (["no_such_key=1"], "unknown key 'no_such_key' (command line)"),
+    (["train.no_such=1"], "unknown key 'train.no_such' (command line); valid keys here: steps,"),
+    (["model.positional=sideways"], "model.positional: 'sideways' is not one of rotary, head_rotary, none (command line"),
+    (["train.betas=[a,b]"], "train.betas[0]: Value 'a' of type 'str' could not be converted to Float"),
+])
+def test_bad_input_is_one_line_naming_key_and_origin(overrides, message):
+    with pytest.raises(HarnessError) as err:
+        compose_runs(overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture
+def jobs_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    jobs = tmp_path / "jobs"
+    shutil.copytree(compose.JOBS_DIR, jobs)
+    monkeypatch.setattr(compose, "JOBS_DIR", jobs)
+    return jobs
+
+
+def test_a_bad_key_in_a_group_file_names_the_file(jobs_copy: Path):
+    (jobs_copy / "model" / "wide.yaml").write_text("name: wide\nwidth: 3\n")
+    with pytest.raises(HarnessError, match=r"^model.width: Key 'width' not in 'ModelConfig' \(jobs/model/wide.yaml\)$"):
+        compose_runs(["model=wide"])
+
+
+def test_a_wrong_type_in_a_group_file_names_the_file(jobs_copy: Path):
+    (jobs_copy / "model" / "big.yaml").write_text("name: big\nd_model: huge\n")
+    with pytest.raises(HarnessError, match=r"^model.d_model: Value 'huge'.*\(jobs/model/big.yaml\)$"):
+        compose_runs(["model=big"])
+
+
+def test_a_bad_choice_in_a_group_file_names_the_file(jobs_copy: Path):
+    (jobs_copy / "model" / "odd.yaml").write_text("name: odd\npositional: spiral\n")
+    with pytest.raises(HarnessError, match=r"model.positional: 'spiral' is not one of .* \(jobs/model/odd.yaml\)"):
+        compose_runs(["model=odd"])

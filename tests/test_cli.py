@@ -1,0 +1,129 @@
+"""End to end through the real `harness` command: submit at micro scale on the local default
+(submitit LocalExecutor, two DeepSpeed ranks over gloo), resubmit, collect, and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.data.shards import read_shard
+from tests.conftest import micro_args, run_cli
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory, data_root):
+    runs_root = tmp_path_factory.mktemp("runs")
+    result = run_cli("submit", "experiment=random_init", *micro_args(runs_root, data_root))
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (runs_root / "random_init").iterdir()
+    return runs_root, run_dir, result
+
+
+def test_submit_runs_to_completion_and_prints_the_run_dir(micro_run):
+    _, run_dir, result = micro_run
+    assert f"done in {run_dir}" in result.stdout
+    assert "final loss_text" in result.stdout
+    for name in ("config.yaml", "provenance.json", "metrics.jsonl", "DONE", "checkpoints/final/COMPLETE"):
+        assert (run_dir / name).exists(), name
+
+
+def test_metrics_have_one_line_per_logged_step_and_the_image_loss_falls(micro_run):
+    _, run_dir, _ = micro_run
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, *range(2, 25, 2)]
+    for r in records:
+        assert {"step", "tokens", "loss", "loss_text", "loss_image", "lr", "grad_norm", "timing"} <= set(r)
+    assert records[-1]["loss_image"] <= 0.8 * records[0]["loss_image"]
+    assert records[-1]["tokens"] > records[0]["tokens"] > 0
+
+
+def test_provenance_records_world_size_data_and_the_attempt(micro_run):
+    _, run_dir, _ = micro_run
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["world_size"] == 2
+    assert len(provenance["data"]["hash"]) == 64 and "random" in provenance["data"]["image_tokenizer_weights"]
+    assert {"torch", "deepspeed", "submitit"} <= set(provenance["packages"])
+    (attempt,) = provenance["attempts"]
+    assert attempt["exit_reason"] == "completed" and attempt["job_id"] and attempt["nodes"]
+
+
+def test_ranks_read_disjoint_samples_that_together_are_the_epoch(micro_run, micro_dataset):
+    _, run_dir, _ = micro_run
+    rank0 = (run_dir / "logs/1/sample_ids.rank0.txt").read_text().split()
+    rank1 = (run_dir / "logs/1/sample_ids.rank1.txt").read_text().split()
+    epoch = {s.sample_id for entry in micro_dataset.shard_entries("captions", "train")
+             for s in read_shard(micro_dataset.root / "captions" / entry["file"])}
+    assert not set(rank0) & set(rank1)
+    assert len(rank0) == len(set(rank0)) and len(rank1) == len(set(rank1))
+    assert set(rank0) | set(rank1) == epoch
+
+
+def test_submitting_the_same_config_again_starts_no_new_run(micro_run, data_root):
+    runs_root, run_dir, _ = micro_run
+    again = run_cli("submit", "experiment=random_init", *micro_args(runs_root, data_root))
+    assert again.returncode == 0
+    assert "already done" in again.stdout
+    assert list((runs_root / "random_init").iterdir()) == [run_dir]
+    assert len(json.loads((run_dir / "provenance.json").read_text())["attempts"]) == 1
+
+
+def test_collect_lists_the_run(micro_run, tmp_path):
+    runs_root, run_dir, _ = micro_run
+    output = tmp_path / "RESULTS.md"
+    result = run_cli("collect", "--runs-root", str(runs_root), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert f"[{run_dir.name}](" in text and "| random_init | random | micro | 0 | 24 |" in text
+
+
+def test_show_prints_the_config_and_run_id_without_running(micro_run, data_root):
+    runs_root, run_dir, _ = micro_run
+    result = run_cli("show", "experiment=random_init", *micro_args(runs_root, data_root))
+    assert result.returncode == 0, result.stderr
+    assert "experiment: random_init" in result.stdout
+    assert f"run: random_init/{run_dir.name}  (done;" in result.stdout
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("experiment=nope", "unknown experiment 'nope'"),
+    ("train.lr=abc", "train.lr: Value 'abc'"),
+    ("no_such_key=1", "unknown key 'no_such_key'"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, data_root, bad, message):
+    runs_root = tmp_path / "runs"
+    result = run_cli("submit", *micro_args(runs_root, data_root), bad)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert not runs_root.exists()
+
+
+def test_pretrained_runs_its_pretrain_text_dependency_first(tmp_path, data_root):
+    runs_root = tmp_path / "runs"
+    result = run_cli("submit", "experiment=pretrained", *micro_args(runs_root, data_root))
+    assert result.returncode == 0, result.stderr
+    (upstream,) = (runs_root / "pretrain_text").iterdir()
+    (downstream,) = (runs_root / "pretrained").iterdir()
+    assert result.stdout.index(f"pretrain_text/{upstream.name}: done") < result.stdout.index(f"pretrained/{downstream.name}: done")
+    assert f"source: pretrain_text/{upstream.name}" in (downstream / "config.yaml").read_text()
+    assert (upstream / "DONE").exists() and (downstream / "DONE").exists()
+
+
+def test_a_failed_run_names_the_problem_and_a_resubmit_is_a_new_attempt(tmp_path, data_root):
+    import shutil
+
+    broken_root, runs_root = tmp_path / "data", tmp_path / "runs"
+    shutil.copytree(data_root, broken_root)
+    (shard,) = broken_root.glob("micro-*/captions/train-000001.tar")
+    good = shard.read_bytes()
+    shard.write_bytes(good[:2000])
+    failed = run_cli("submit", *micro_args(runs_root, broken_root))
+    assert failed.returncode == 1
+    assert f"unreadable shard" in failed.stderr and str(shard) in failed.stderr
+
+    shard.write_bytes(good)
+    again = run_cli("submit", *micro_args(runs_root, broken_root))
+    assert again.returncode == 0, again.stderr
+    assert "previous attempt failed; starting a new attempt" in again.stdout
+    (run_dir,) = (runs_root / "random_init").iterdir()
+    attempts = json.loads((run_dir / "provenance.json").read_text())["attempts"]
+    assert [a["exit_reason"].split(" ")[0] for a in attempts] == ["failed", "completed"]
