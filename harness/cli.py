@@ -3,6 +3,9 @@
     harness submit [--dry-run] [--force] KEY=VALUE ...   compose, launch, (locally) wait
     harness show KEY=VALUE ...                           resolved config and run id; runs nothing
     harness list                                         experiments
+    harness status [RUN|EXPERIMENT]                      table of runs: state, step, loss, age
+    harness logs RUN [-f] [--rank N]                     the latest attempt's trainer log
+    harness cancel RUN|EXPERIMENT                        cancel pending/running attempts
     harness collect [--runs-root DIR] [--output FILE]    RESULTS.md from run directories
     harness worker RUN_DIR                               (internal) one rank of a run's job
 """
@@ -38,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("overrides", nargs="*", help="experiment=NAME key=value ... (a,b sweeps)")
     submit.add_argument("--dry-run", action="store_true", help="print what would be submitted; write nothing")
     submit.add_argument("--force", action="store_true", help="start over even if done or running")
+    submit.add_argument("--wait", action="store_true", help="for Slurm runs: wait until they end")
     submit.set_defaults(handler=_submit)
 
     show = commands.add_parser("show", help="print the resolved config and run id")
@@ -45,6 +49,23 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_show)
 
     commands.add_parser("list", help="list experiments").set_defaults(handler=_list)
+
+    status = commands.add_parser("status", help="state of runs")
+    status.add_argument("selector", nargs="?", help="experiment/run_id, run id (prefix) or experiment")
+    status.add_argument("--runs-root", type=Path, default=None)
+    status.set_defaults(handler=_status)
+
+    logs = commands.add_parser("logs", help="a run's latest trainer log")
+    logs.add_argument("selector")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("--rank", type=int, default=0)
+    logs.add_argument("--runs-root", type=Path, default=None)
+    logs.set_defaults(handler=_logs)
+
+    cancel = commands.add_parser("cancel", help="cancel runs")
+    cancel.add_argument("selector")
+    cancel.add_argument("--runs-root", type=Path, default=None)
+    cancel.set_defaults(handler=_cancel)
 
     collect = commands.add_parser("collect", help="render RESULTS.md from run directories")
     collect.add_argument("--runs-root", type=Path, default=Path("runs"))
@@ -62,7 +83,11 @@ def _parser() -> argparse.ArgumentParser:
 def _submit(args: argparse.Namespace) -> int:
     from harness.submit import submit
 
-    submit(args.overrides, force=args.force, dry_run=args.dry_run)
+    from harness.status import TERMINAL, status_rows
+
+    runs = submit(args.overrides, force=args.force, dry_run=args.dry_run, wait=args.wait)
+    if args.wait and any(r.state != "done" and r.state in TERMINAL for r in status_rows(runs)):
+        return 1
     return 0
 
 
@@ -89,10 +114,47 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from harness.results.collect import find_runs, render
+    from harness.results.collect import render
+    from harness.rundir import find_runs
 
     render(args.runs_root, args.output)
     print(f"wrote {args.output} from {len(find_runs(args.runs_root))} run(s) under {args.runs_root}")
+    return 0
+
+
+def _runs_root(given: Path | None) -> Path:
+    """--runs-root, else the user's default (paths.runs_root in their defaults), else ./runs."""
+    if given is not None:
+        return given
+    from harness.config.compose import user_defaults
+
+    chosen = [o.split("=", 1)[1] for o in user_defaults() if o.startswith("paths.runs_root=")]
+    return Path(chosen[-1] if chosen else "runs")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from harness.status import render_table, resolve, status_rows
+
+    runs = resolve(_runs_root(args.runs_root), args.selector)
+    print(render_table(status_rows(runs)))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from harness.status import resolve, show_logs
+
+    runs = resolve(_runs_root(args.runs_root), args.selector)
+    if len(runs) != 1:
+        raise HarnessError(f"'{args.selector}' matches {len(runs)} runs: {', '.join(r.name for r in runs)}")
+    show_logs(runs[0], args.rank, args.follow)
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from harness.status import cancel, resolve
+
+    if cancel(resolve(_runs_root(args.runs_root), args.selector)) == 0:
+        print("nothing to cancel")
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from typing import Any, Callable
 import yaml
 
 from harness.config import RunConfig, to_dict
+
+
+RUN_ID = re.compile(r"^[0-9a-f]{10}$")
 
 
 class RunState(str, Enum):
@@ -100,14 +104,20 @@ class RunDir:
         self._update_attempt(attempt, nodes=nodes, start=_now())
 
     def end_attempt(self, attempt: int, exit_reason: str) -> None:
-        self._update_attempt(attempt, end=_now(), exit_reason=exit_reason)
+        """Close an attempt; the first ending recorded wins (a cancel is not overwritten by the
+        failure it causes)."""
+        self._update_attempt(attempt, only_open=True, end=_now(), exit_reason=exit_reason)
 
-    def _update_attempt(self, attempt: int, **fields: Any) -> None:
+    def _update_attempt(self, attempt: int, only_open: bool = False, **fields: Any) -> None:
         def change(p: dict[str, Any]) -> None:
             for entry in p["attempts"]:
-                if entry["attempt"] == attempt:
+                if entry["attempt"] == attempt and not (only_open and entry.get("end")):
                     entry.update(fields)
         self.update_provenance(change)
+
+    def remove_attempt(self, attempt: int) -> None:
+        """Undo add_attempt when the scheduler refused the job."""
+        self.update_provenance(lambda p: p.update(attempts=[a for a in p["attempts"] if a["attempt"] != attempt]))
 
     def mark_done(self) -> None:
         self.done_path.write_text(_now() + "\n")
@@ -125,6 +135,23 @@ class RunDir:
     def attempts(self) -> list[dict[str, Any]]:
         return self.provenance().get("attempts", [])
 
+    def rank_records(self, attempt: int) -> list[dict[str, Any]]:
+        records = []
+        for path in sorted(self.logs(attempt).glob("rank*.json")):
+            try:
+                records.append(json.loads(path.read_text()))
+            except json.JSONDecodeError:
+                continue
+        return sorted(records, key=lambda r: r["rank"])
+
+    def failure_reason(self, attempt: int) -> str | None:
+        """The first rank failure of an attempt (its root cause, usually), else the recorded reason."""
+        failed = [r for r in self.rank_records(attempt) if r.get("exit_code") not in (None, 0)]
+        if failed:
+            return min(failed, key=lambda r: r["end"])["reason"]
+        entries = [a for a in self.attempts() if a["attempt"] == attempt]
+        return entries[0].get("exit_reason") if entries else None
+
     def state(self) -> RunState:
         if not self.config_path.exists():
             return RunState.NEW
@@ -140,18 +167,31 @@ class RunDir:
 
 
 def _alive(attempt: dict[str, Any]) -> bool:
-    """Whether an attempt's job can still run. Local jobs: their controlling process exists."""
-    if attempt.get("executor") != "local":
-        return True  # a scheduler's job: never assumed dead here (launch.slurm asks Slurm)
-    if attempt.get("submit_host") != socket.gethostname() or attempt.get("job_id") is None:
+    """Whether an attempt's job may still run: a local controller process, or a Slurm job in squeue."""
+    job_id = attempt.get("job_id")
+    if job_id is None:
+        return True  # submitted just now; the job id is being recorded
+    if attempt.get("executor") == "slurm":
+        from harness.launch.slurm import job_active
+
+        return job_active(str(job_id))
+    if attempt.get("submit_host") != socket.gethostname():
         return True
     try:
-        os.kill(int(attempt["job_id"]), 0)
+        os.kill(int(job_id), 0)
     except (ProcessLookupError, ValueError, TypeError):
         return False
     except PermissionError:
         return True
     return True
+
+
+def find_runs(runs_root: Path) -> list[RunDir]:
+    """Every run directory under a runs root (set-aside `.replaced-*` copies excluded)."""
+    if not runs_root.is_dir():
+        return []
+    return [RunDir(p) for p in sorted(runs_root.glob("*/*"))
+            if p.is_dir() and RUN_ID.match(p.name) and (p / "config.yaml").exists()]
 
 
 def _now() -> str:

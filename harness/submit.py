@@ -1,71 +1,122 @@
 """`harness submit`: plan runs, apply the resubmission rules, launch, and (locally) wait.
 
 Resubmission: done -> say so; pending/running -> say so; failed, cancelled, timed out or
-interrupted -> a new attempt in the same directory; --force starts over (the old directory is kept
-beside it, renamed, never deleted).
+interrupted -> a new attempt in the same directory, on the code snapshot of its first attempt;
+--force starts over (the old directory is kept beside it, renamed, never deleted).
+
+Slurm runs sharing a resource spec (and upstream dependency) go out as ONE sbatch job array; each
+array task reads its own run's config.yaml. Local runs execute one after another, in dependency
+order, with a progress line.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import shutil
 import sys
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import submitit
 
 from harness.errors import HarnessError
-from harness.launch.executor import make_executor
+from harness.launch import snapshot
+from harness.launch.executor import make_executor, render_sbatch, submit_all
 from harness.launch.task import RunTask
 from harness.plan import PlannedRun, plan
-from harness.provenance import submit_provenance
+from harness.provenance import code_snapshot_id, submit_provenance
 from harness.rundir import RunDir, RunState
+from harness.status import wait_for
 from harness.train.metrics import read_metrics
 
 POLL_S = 1.0
+SLURM_FOLDER = ".slurm"
 
 
 class RunFailed(HarnessError):
     exit_code = 1
 
 
-def submit(overrides: list[str], force: bool = False, dry_run: bool = False, out: TextIO = sys.stdout) -> list[RunDir]:
+@dataclass
+class Group:
+    """Runs submitted together as one job (array) on one executor."""
+
+    runs: list[PlannedRun]
+    dependency: str | None = None
+
+    @property
+    def launch(self):
+        return self.runs[0].config.launch
+
+    @property
+    def runs_root(self) -> Path:
+        return Path(self.runs[0].config.paths.runs_root)
+
+    @property
+    def job_name(self) -> str:
+        return f"harness-{self.runs[0].config.experiment}"
+
+    def folder(self, attempts: list[int]) -> Path:
+        names = ",".join(f"{p.run.name}#{a}" for p, a in zip(self.runs, attempts))
+        digest = hashlib.sha256(names.encode()).hexdigest()[:10]
+        return self.runs_root / SLURM_FOLDER / f"{self.runs[0].config.experiment}-{digest}"
+
+
+def submit(overrides: list[str], force: bool = False, dry_run: bool = False, wait: bool = False,
+           out: TextIO = sys.stdout) -> list[RunDir]:
     runs = plan(overrides, log=lambda msg: print(msg, file=out, flush=True))
-    for planned in runs:
-        if dry_run:
-            print(describe_plan(planned), file=out)
-            continue
-        state = planned.state
-        if state == RunState.DONE and not force:
-            print(f"{planned.run.name}: already done ({planned.run.path})", file=out)
-            continue
-        if state == RunState.RUNNING and not force:
-            job = planned.run.attempts()[-1].get("job_id")
-            print(f"{planned.run.name}: already pending or running (job {job}); not resubmitted", file=out)
-            continue
-        if force and planned.run.path.exists():
-            _set_aside(planned.run, out)
-        elif state in (RunState.FAILED, RunState.INTERRUPTED):
-            print(f"{planned.run.name}: previous attempt {state.value}; starting a new attempt", file=out)
-        job = launch(planned)
-        if planned.config.launch.executor == "local":
-            wait_local(planned, job, out)
+    to_launch = [p for p in runs if _should_launch(p, force, dry_run, out)]
+    if dry_run:
+        _print_dry_run(to_launch, out)
+        return [p.run for p in runs]
+    local = [p for p in to_launch if p.config.launch.executor == "local"]
+    slurm = [p for p in to_launch if p.config.launch.executor != "local"]
+    if slurm:
+        _launch_slurm(slurm, force, out)
+    for planned in local:
+        job, _ = _launch_local(planned, force)
+        wait_local(planned, job, out)
+    if wait and slurm:
+        wait_for([p.run for p in slurm], out)
     return [p.run for p in runs]
 
 
-def launch(planned: PlannedRun) -> submitit.Job:
+def _should_launch(planned: PlannedRun, force: bool, dry_run: bool, out: TextIO) -> bool:
+    state = planned.state
+    if force:
+        return True
+    if state == RunState.DONE:
+        print(f"{planned.run.name}: already done ({planned.run.path})", file=out)
+        return False
+    if state == RunState.RUNNING:
+        job = planned.run.attempts()[-1].get("job_id")
+        print(f"{planned.run.name}: already pending or running (job {job}); not resubmitted", file=out)
+        return False
+    if state in (RunState.FAILED, RunState.INTERRUPTED) and not dry_run:
+        print(f"{planned.run.name}: previous attempt {state.value}; starting a new attempt", file=out)
+    return True
+
+
+# --- local -------------------------------------------------------------------------------------
+
+def _launch_local(planned: PlannedRun, force: bool) -> tuple[submitit.Job, int]:
     run, config = planned.run, planned.config
-    provenance = submit_provenance(planned.data_provenance(), config.launch.image, list(planned.overrides))
-    run.create(config, {**provenance, "world_size": config.world_size, "cluster": config.launch.cluster})
-    attempt = run.add_attempt(config.launch.executor)
-    executor = make_executor(config.launch, run.logs(attempt))
-    executor.update_parameters(name=f"{config.experiment}-{run.run_id}")
+    code = _prepare(planned, force)
+    attempt = run.add_attempt("local")
+    executor = make_executor(config.launch, run.logs(attempt), name=f"{config.experiment}-{run.run_id}",
+                             python=snapshot.python_command(code))
     job = executor.submit(RunTask(str(run.path), attempt))
     run.set_job_id(attempt, str(job.job_id))
-    return job
+    return job, attempt
 
 
 def wait_local(planned: PlannedRun, job: submitit.Job, out: TextIO) -> None:
-    """Follow a local run to its end with a progress line; raise RunFailed naming its logs."""
+    """Follow a local run to its end with a progress line; raise RunFailed naming the cause."""
     run, steps = planned.run, planned.config.train.steps
     interactive = out.isatty()
     last_shown = 0.0
@@ -79,9 +130,10 @@ def wait_local(planned: PlannedRun, job: submitit.Job, out: TextIO) -> None:
         print(file=out)
     try:
         job.results()
-    except Exception:  # submitit wraps the task's exception; rank 0 recorded the reason already
-        reason = run.attempts()[-1].get("exit_reason") or "no reason recorded"
-        raise RunFailed(f"{run.name} {reason}; logs: {job.paths.folder}") from None
+    except Exception:  # submitit wraps the task's exception; the ranks recorded the cause
+        attempt = run.attempts()[-1]["attempt"]
+        reason = run.failure_reason(attempt) or "no reason recorded"
+        raise RunFailed(f"{run.name} failed: {reason}; logs: {run.logs(attempt)}") from None
     final = read_metrics(run.metrics_path)[-1]
     print(f"{run.name}: done in {run.path}", file=out)
     print(f"  final loss_text {_fmt(final.get('loss_text'))}  loss_image {_fmt(final.get('loss_image'))}"
@@ -98,18 +150,105 @@ def progress_line(run: RunDir, steps: int) -> str:
             f"  image {_fmt(r.get('loss_image'))}  {speed or 0:.0f} tok/s")
 
 
-def describe_plan(planned: PlannedRun) -> str:
-    config = planned.config
-    return (f"{planned.run.name}: {planned.state.value}; would submit {config.world_size} task(s) on "
-            f"'{config.launch.cluster}' ({config.launch.executor}) -> {planned.run.path}\n"
-            f"  each task runs: {' '.join(RunTask(str(planned.run.path), 0).command())}")
+# --- slurm -------------------------------------------------------------------------------------
+
+def _launch_slurm(runs: list[PlannedRun], force: bool, out: TextIO) -> None:
+    job_ids: dict[str, str] = {}
+    for group in _groups(runs, job_ids, submit_group=lambda g: job_ids.update(_submit_group(g, force, out))):
+        job_ids.update(_submit_group(group, force, out))
 
 
-def _set_aside(run: RunDir, out: TextIO) -> None:
+def _groups(runs: list[PlannedRun], job_ids: dict[str, str], submit_group) -> list[Group]:
+    """Group runs by resource spec and dependency, submitting earlier groups first when a run
+    depends on an upstream run that is launched in this same call."""
+    pending: OrderedDict[str, Group] = OrderedDict()
+    names = {p.run.name for p in runs}
+    for planned in runs:
+        upstream = planned.config.init.source if planned.config.init.source in names else None
+        if upstream and upstream not in job_ids:
+            for group in pending.values():
+                submit_group(group)
+            pending.clear()
+        dependency = f"afterok:{job_ids.get(upstream, upstream)}" if upstream else None
+        key = json.dumps([dataclasses.asdict(planned.config.launch), planned.config.paths.runs_root, dependency])
+        pending.setdefault(key, Group([], dependency)).runs.append(planned)
+    return list(pending.values())
+
+
+def _submit_group(group: Group, force: bool, out: TextIO) -> dict[str, str]:
+    created = [not p.run.path.exists() or force for p in group.runs]
+    codes = [_prepare(p, force) for p in group.runs]
+    attempts = [p.run.add_attempt("slurm") for p in group.runs]
+    if len(set(codes)) != 1:
+        raise HarnessError("runs of one array must share a code snapshot; submit them separately")
+    executor = make_executor(group.launch, group.folder(attempts), name=group.job_name,
+                             python=snapshot.python_command(codes[0]), dependency=group.dependency)
+    script = render_sbatch(executor, len(group.runs))
+    try:
+        jobs = submit_all(executor, [RunTask(str(p.run.path), a) for p, a in zip(group.runs, attempts)])
+    except HarnessError:
+        for planned, attempt, new in zip(group.runs, attempts, created):
+            _roll_back(planned.run, attempt, new)
+        raise
+    submitted = {}
+    for index, (planned, attempt, job) in enumerate(zip(group.runs, attempts, jobs)):
+        planned.run.set_job_id(attempt, str(job.job_id))
+        for path in (planned.run.path / "submit.sh", planned.run.logs(attempt) / "submit.sh"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(script)
+        submitted[planned.run.name] = str(job.job_id).split("_")[0]
+        where = f"array task {index} of job {submitted[planned.run.name]}" if len(jobs) > 1 else f"job {job.job_id}"
+        print(f"{planned.run.name}: submitted as {where} -> {planned.run.path}", file=out, flush=True)
+    return submitted
+
+
+def _roll_back(run: RunDir, attempt: int, created_now: bool) -> None:
+    """The scheduler refused: leave no half-created run directory and no phantom attempt."""
+    if created_now:
+        shutil.rmtree(run.path, ignore_errors=True)
+    else:
+        run.remove_attempt(attempt)
+
+
+# --- shared ------------------------------------------------------------------------------------
+
+def _prepare(planned: PlannedRun, force: bool) -> Path:
+    """Create (or reuse) the run directory; return the code snapshot this attempt executes."""
+    run, config = planned.run, planned.config
+    runs_root = Path(config.paths.runs_root)
+    if force and run.path.exists():
+        _set_aside(run)
+    previous = run.provenance().get("code_snapshot")
+    if previous:
+        return snapshot.existing(runs_root, previous)
+    snapshot_id, code = snapshot.freeze(runs_root)
+    provenance = submit_provenance(planned.data_provenance(), config.launch.image, list(planned.overrides))
+    run.create(config, {**provenance, "code_snapshot": snapshot_id, "world_size": config.world_size,
+                        "cluster": config.launch.cluster})
+    return code
+
+
+def _print_dry_run(runs: list[PlannedRun], out: TextIO) -> None:
+    """What would be submitted, exactly; nothing is written under the runs root."""
+    for planned in [p for p in runs if p.config.launch.executor == "local"]:
+        print(f"{planned.run.name}: {planned.state.value}; would run {planned.config.world_size} local task(s) "
+              f"-> {planned.run.path}", file=out)
+    groups = _groups([p for p in runs if p.config.launch.executor != "local"], {},
+                     submit_group=lambda g: None)
+    for group in groups:
+        attempts = [len(p.run.attempts()) + 1 for p in group.runs]
+        code = snapshot.snapshot_dir(group.runs_root, code_snapshot_id())
+        executor = make_executor(group.launch, group.folder(attempts), name=group.job_name,
+                                 python=snapshot.python_command(code), dependency=group.dependency)
+        print(f"# sbatch ({len(group.runs)} run(s); array index -> run directory)", file=out)
+        for index, planned in enumerate(group.runs):
+            print(f"#   {index}: {planned.run.path}", file=out)
+        print(render_sbatch(executor, len(group.runs)), file=out)
+
+
+def _set_aside(run: RunDir) -> None:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target = run.path.with_name(f"{run.run_id}.replaced-{stamp}")
-    run.path.rename(target)
-    print(f"{run.name}: --force: previous directory kept as {target}", file=out)
+    run.path.rename(run.path.with_name(f"{run.run_id}.replaced-{stamp}"))
 
 
 def _fmt(value: float | None) -> str:

@@ -126,4 +126,4 @@ def test_a_failed_run_names_the_problem_and_a_resubmit_is_a_new_attempt(tmp_path
     assert "previous attempt failed; starting a new attempt" in again.stdout
     (run_dir,) = (runs_root / "random_init").iterdir()
     attempts = json.loads((run_dir / "provenance.json").read_text())["attempts"]
-    assert [a["exit_reason"].split(" ")[0] for a in attempts] == ["failed", "completed"]
+    assert "unreadable shard" in attempts[0]["exit_reason"] and attempts[1]["exit_reason"] == "completed"

@@ -30,7 +30,8 @@ from harness.errors import HarnessError
 
 # jobs/ sits beside the package in a checkout; an image may place it elsewhere.
 JOBS_DIR = Path(os.environ.get("HARNESS_JOBS_DIR", Path(__file__).resolve().parents[2] / "jobs"))
-GROUPS = ("experiment", "model", "data", "cluster", "scale")
+# In the order Hydra applies them (jobs/config.yaml): a later group overrides an earlier one.
+GROUPS = ("model", "data", "scale", "cluster", "experiment")
 SCHEMA_NAME = "harness_schema"
 
 # Keys whose value must be one of a fixed set; checked after composition.
@@ -65,8 +66,43 @@ def group_options(group: str) -> list[str]:
 
 
 def compose_runs(overrides: Iterable[str]) -> list[ComposedRun]:
-    """Expand sweeps and compose each resulting override list into a validated RunConfig."""
-    return [_compose_one(list(combo)) for combo in expand_sweeps(list(overrides))]
+    """Expand sweeps and compose each resulting override list into a validated RunConfig.
+
+    The user's defaults (HARNESS_CLUSTER, ~/.config/harness/defaults.yaml) come first; an override
+    on the command line for the same key replaces them.
+    """
+    overrides = with_user_defaults(list(overrides))
+    return [_compose_one(list(combo)) for combo in expand_sweeps(overrides)]
+
+
+def user_defaults_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "harness" / "defaults.yaml"
+
+
+def user_defaults() -> list[str]:
+    """Overrides a user sets once: `overrides: [cluster=a100_8x8, launch.account=...]` in the
+    defaults file, and HARNESS_CLUSTER=<profile> in the environment (the environment wins)."""
+    defaults: list[str] = []
+    path = user_defaults_file()
+    if path.exists():
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+            defaults = [str(o) for o in content.get("overrides", [])]
+        except (yaml.YAMLError, AttributeError) as exc:
+            raise HarnessError(f"{path}: expected `overrides: [key=value, ...]` ({_first_line(exc)})") from None
+    if os.environ.get("HARNESS_CLUSTER"):
+        defaults = [o for o in defaults if _key(o) != "cluster"] + [f"cluster={os.environ['HARNESS_CLUSTER']}"]
+    return defaults
+
+
+def with_user_defaults(overrides: list[str]) -> list[str]:
+    given = {_key(o) for o in overrides}
+    return [o for o in user_defaults() if _key(o) not in given] + overrides
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def expand_sweeps(overrides: list[str]) -> list[tuple[str, ...]]:
@@ -143,8 +179,8 @@ def _check_choices(config: RunConfig, overrides: list[str], choices: dict[str, s
 def origin_of(key: str, overrides: list[str], choices: dict[str, str]) -> str:
     """Where a key's value came from: the command line, or the last group file that sets it."""
     for text in overrides:
-        if text.split("=", 1)[0].lstrip("+~") == key:
-            return f"command line: {text}"
+        if _key(text) == key:
+            return _override_origin(text)
     for group in reversed(GROUPS):
         path = JOBS_DIR / group / f"{choices.get(group)}.yaml"
         if path.exists() and key in _flatten(_file_values(path, group)):
@@ -169,13 +205,18 @@ def _explain_hydra_error(exc: HydraException, overrides: list[str]) -> str:
         return f"unknown {group} '{name}' (command line); valid: {', '.join(group_options(group))}"
     cause = exc.__cause__
     if cause is not None and getattr(cause, "full_key", None):
-        bad = next((o for o in overrides if cause.full_key.startswith(o.split("=", 1)[0])), cause.full_key)
-        return f"{cause.full_key}: {_first_line(cause)} (command line: {bad})"
+        bad = next((o for o in overrides if cause.full_key.startswith(_key(o))), None)
+        return f"{cause.full_key}: {_first_line(cause)} ({_override_origin(bad) if bad else 'command line'})"
     in_file = re.search(r"In '([^']+)': \w+ raised while composing config:\n(.*)\n\s*full_key: (\S+)", text)
     if in_file:
         where, message, key = in_file.groups()
         return f"{key}: {message.strip()} (jobs/{where}.yaml)"
     return _first_line(exc)
+
+
+def _override_origin(text: str) -> str:
+    where = f"user defaults {user_defaults_file()}" if text in user_defaults() else "command line"
+    return f"{where}: {text}"
 
 
 def _first_line(exc: BaseException) -> str:

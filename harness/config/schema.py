@@ -79,24 +79,39 @@ class TrainConfig:
 
 @dataclass
 class LaunchConfig:
-    """How and where a run executes. Launch-only: none of it enters the run id except world size."""
+    """How and where a run executes: a cluster profile (jobs/cluster/) plus site settings.
+
+    Launch-only: none of it enters the run id except the world size (nodes x tasks_per_node).
+    """
 
     cluster: str = "local"
     # local: submitit's LocalExecutor on this machine | slurm: sbatch
     executor: str = "local"
     nodes: int = 1
-    tasks_per_node: int = 2
+    tasks_per_node: int = 2      # one task per GPU on GPU nodes
     gpus_per_node: int = 0
     cpus_per_task: int = 1
-    mem_gb: int = 8
+    mem_gb: int = 8              # per node
     timeout_min: int = 60
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    exclusive: bool = False
+    # Signal before the time limit so the trainer can checkpoint (Slurm: --signal=USR2@<s>).
+    signal_delay_s: int = 120
+    # Shell lines run in the sbatch script before srun: module loads, NCCL/InfiniBand settings.
+    setup: list[str] = field(default_factory=list)
+    # Node-local directory to stage the dataset into before training (read many, pull once).
+    scratch: Optional[str] = None
     array_parallelism: int = 64
     # Container runtime wrapping each task: none | apptainer | docker | podman
     runtime: str = "none"
     image: Optional[str] = None
+    extra_binds: list[str] = field(default_factory=list)
+    # `harness status` calls a running run stalled after this long without a metric.
+    stall_after_min: int = 15
 
 
 @dataclass

@@ -1,26 +1,33 @@
-"""What each scheduled task runs on the host: the trainer in a child process (later, inside the
-container), with the distributed env set. Rank 0 records the attempt in provenance.json.
+"""What each scheduled task runs on the host: a pre-flight check, then the trainer in a child
+process with the torch distributed env set (later inside the container). Each rank leaves a record
+in logs/<attempt>/rank<r>.json; rank 0 also records the attempt in provenance.json.
 
-This module stays light (no torch import): it is what submitit pickles and runs on every task.
+This module stays light (no torch import): it is what submitit unpickles on every task.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
 
+from harness.config import RunConfig, load_run_config
 from harness.launch.environment import torch_env
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+STAGING_WAIT_S = 3600
 
 
-class TrainerFailed(RuntimeError):
+class TaskFailed(RuntimeError):
     pass
 
 
@@ -37,36 +44,112 @@ class RunTask:
 
         env = submitit.JobEnvironment()
         run = RunDir(Path(self.run_dir))
-        dist_env = torch_env(str(env.job_id), env.global_rank, env.local_rank, env.num_tasks,
-                             env.num_nodes, list(env.hostnames))
+        config = load_run_config(run.config_path)
+        record = RankRecord(run.logs(self.attempt), env.global_rank, env.local_rank)
         if env.global_rank == 0:
             run.start_attempt(self.attempt, nodes=list(env.hostnames))
-        error_file = run.logs(self.attempt) / f"error.rank{env.global_rank}.txt"
-        code = self._run_child(dist_env, error_file)
-        reason = "completed" if code == 0 else _failure_reason(code, error_file)
+        problem = preflight(config, env.num_tasks, env.num_nodes, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if problem:
+            code, reason = 1, f"pre-flight failed on node {record.node} (rank {env.global_rank}): {problem}"
+        else:
+            extra_env = torch_env(str(env.job_id), env.global_rank, env.local_rank, env.num_tasks,
+                                  env.num_nodes, list(env.hostnames))
+            if config.launch.scratch:
+                extra_env["HARNESS_DATA_ROOT"] = stage_dataset(run, config.launch.scratch, env.local_rank)
+            code = self._run_child(extra_env, record)
+            reason = "completed" if code == 0 else record.failure(code)
+        record.finish(code, reason)
         if env.global_rank == 0:
             if code == 0:
                 run.mark_done()
             run.end_attempt(self.attempt, reason)
         if code != 0:
-            raise TrainerFailed(f"rank {env.global_rank}: {reason}")
+            raise TaskFailed(reason)
         return self.run_dir
 
     def command(self, error_file: Path | None = None) -> list[str]:
         extra = ["--error-file", str(error_file)] if error_file else []
         return [sys.executable, "-m", "harness", "worker", self.run_dir, "--job", self.job, *extra]
 
-    def _run_child(self, dist_env: dict[str, str], error_file: Path) -> int:
-        error_file.parent.mkdir(parents=True, exist_ok=True)
-        child = subprocess.Popen(self.command(error_file), env={**os.environ, **dist_env})
-        previous = {sig: signal.signal(sig, lambda s, _f: child.send_signal(s)) for sig in FORWARDED_SIGNALS}
-        try:
-            return child.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    def _run_child(self, extra_env: dict[str, str], record: "RankRecord") -> int:
+        with open(record.log_path, "ab") as log:
+            child = subprocess.Popen(self.command(record.error_path), env={**os.environ, **extra_env},
+                                     stdout=log, stderr=subprocess.STDOUT)
+            record.start(child.pid)
+            previous = {sig: signal.signal(sig, lambda s, _f: child.send_signal(s)) for sig in FORWARDED_SIGNALS}
+            try:
+                return child.wait()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
 
-def _failure_reason(code: int, error_file: Path) -> str:
-    detail = error_file.read_text().strip() if error_file.exists() else "no reason recorded; see the logs"
-    return f"failed (trainer exit code {code}): {detail}"
+class RankRecord:
+    """logs/<attempt>/rank<r>.json: where a rank ran and how it ended; rank<r>.log: its output."""
+
+    def __init__(self, directory: Path, rank: int, local_rank: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"rank{rank}.json"
+        self.log_path = directory / f"rank{rank}.log"
+        self.error_path = directory / f"rank{rank}.error"
+        self.node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        self.values = {"rank": rank, "local_rank": local_rank, "node": self.node, "host": socket.gethostname(),
+                       "pid": None, "start": _now(), "end": None, "exit_code": None, "reason": None}
+        self._write()
+
+    def start(self, pid: int) -> None:
+        self.values["pid"] = pid
+        self._write()
+
+    def finish(self, code: int, reason: str) -> None:
+        self.values.update(end=_now(), exit_code=code, reason=reason)
+        self._write()
+
+    def failure(self, code: int) -> str:
+        where = f"rank {self.values['rank']} on {self.node}"
+        if code < 0:
+            return f"{where}: trainer killed by {signal.Signals(-code).name}"
+        detail = self.error_path.read_text().strip() if self.error_path.exists() else f"see {self.log_path}"
+        return f"{where}: trainer exit code {code}: {detail}"
+
+    def _write(self) -> None:
+        partial = self.path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(self.values) + "\n")
+        os.replace(partial, self.path)
+
+
+def preflight(config: RunConfig, num_tasks: int, num_nodes: int, visible_gpus: str | None) -> str | None:
+    """Why this allocation does not match the run's profile, or None when it does."""
+    launch = config.launch
+    if num_tasks != config.world_size:
+        return f"{num_tasks} tasks in the job, the run's world size is {config.world_size}"
+    if num_nodes != launch.nodes:
+        return f"{num_nodes} nodes in the job, the profile asks for {launch.nodes}"
+    if launch.gpus_per_node:
+        visible = [g for g in (visible_gpus or "").split(",") if g.strip()]
+        if len(visible) != launch.gpus_per_node:
+            return f"{len(visible)} visible GPU(s) ({visible_gpus!r}), the profile expects {launch.gpus_per_node}"
+    return None
+
+
+def stage_dataset(run, scratch: str, local_rank: int) -> str:
+    """Copy the run's dataset to node-local scratch once per node; return the scratch data root."""
+    source = Path(run.provenance()["data"]["root"])
+    root = Path(os.path.expandvars(scratch))
+    target = root / source.name
+    if local_rank == 0 and not (target / "manifest.json").exists():
+        staging = root / f"{source.name}.staging-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    deadline = time.time() + STAGING_WAIT_S
+    while not (target / "manifest.json").exists():
+        if time.time() > deadline:
+            raise TaskFailed(f"dataset staging to {target} did not finish")
+        time.sleep(1)
+    return str(root)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

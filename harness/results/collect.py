@@ -6,18 +6,16 @@ The output depends only on the run directories, so the same runs give the same f
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 import yaml
 
-from harness.rundir import RunDir, RunState
+from harness.rundir import RunDir, RunState, find_runs
 from harness.train.metrics import read_metrics
 
 TEMPLATES = Path(__file__).parent / "templates"
-RUN_ID = re.compile(r"^[0-9a-f]{10}$")
 
 
 @dataclass(frozen=True)
@@ -35,13 +33,6 @@ class RunRow:
     loss_image: float | None
     data_hash: str | None
     path: str
-
-
-def find_runs(runs_root: Path) -> list[RunDir]:
-    if not runs_root.is_dir():
-        return []
-    return [RunDir(p) for p in sorted(runs_root.glob("*/*"))
-            if p.is_dir() and RUN_ID.match(p.name) and (p / "config.yaml").exists()]
 
 
 def read_row(run: RunDir, relative_to: Path) -> RunRow:

@@ -36,7 +36,10 @@ def train(run_dir: Path) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != config.world_size:
         raise RuntimeError(f"world size {world} differs from the config's {config.world_size}")
-    dataset = open_dataset(config.data, Path(config.paths.data_root))
+    if config.launch.gpus_per_node and not torch.cuda.is_available():
+        raise RuntimeError(f"the profile expects {config.launch.gpus_per_node} GPU(s) per node; CUDA is unavailable")
+    # A task may have staged the dataset to node-local scratch (launch.scratch).
+    dataset = open_dataset(config.data, Path(os.environ.get("HARNESS_DATA_ROOT") or config.paths.data_root))
     layout = dataset.layout(config.data.corpus)
     stream = _stream(config, dataset, layout, rank, world)
     source = checkpoint.load_model_file(resolve_source(config)) if config.init.strategy == "pretrained" else None
@@ -69,6 +72,8 @@ def train(run_dir: Path) -> None:
     if rank == 0:
         checkpoint.save_model(run.checkpoints / "final", engine.module, layout, config.train.steps, tokens_seen)
     dist.barrier()
+    # Tear the process group down explicitly: left to interpreter exit, gloo's threads can abort.
+    dist.destroy_process_group()
 
 
 def _train_step(engine, tokens: torch.Tensor, config: RunConfig, layout: VocabLayout,

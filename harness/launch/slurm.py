@@ -1,0 +1,59 @@
+"""Ask Slurm about jobs, from the submit host: squeue first (always there), then sacct (which
+needs accounting and may be disabled). Every query degrades to "unknown", never to "dead"."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+QUERY_TIMEOUT_S = 20
+
+
+def _run(*command: str) -> str | None:
+    if shutil.which(command[0]) is None:
+        return None
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """{job id: (state, nodes)} of the given jobs still known to squeue; None if squeue failed."""
+    if not job_ids:
+        return {}
+    out = _run("squeue", "-h", "-r", "-o", "%i|%T|%N", "-j", ",".join(sorted(set(job_ids))))
+    if out is None:
+        return None
+    states = {}
+    for line in out.splitlines():
+        job_id, state, nodes = (line.split("|") + ["", ""])[:3]
+        states[job_id.strip()] = (state.strip(), nodes.strip())
+    return states
+
+
+def sacct_state(job_id: str) -> tuple[str, str] | None:
+    """(state, nodes) of a finished job from accounting; None when sacct is unavailable."""
+    out = _run("sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,NodeList")
+    if not out:
+        return None
+    for line in out.splitlines():
+        fields = line.split("|")
+        if fields[0] == job_id and len(fields) >= 3:
+            return fields[1].split()[0], fields[2]
+    return None
+
+
+def job_active(job_id: str) -> bool:
+    """Pending or running. Where squeue cannot answer, assume active (never resubmit blindly)."""
+    states = squeue_states([job_id])
+    return True if states is None else job_id in states
+
+
+def scancel(job_ids: list[str]) -> str | None:
+    """Cancel jobs; returns scancel's error text, or None on success."""
+    if shutil.which("scancel") is None:
+        return "scancel not found"
+    proc = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+    return proc.stderr.strip() or None if proc.returncode else None
