@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -145,10 +146,12 @@ class RunDir:
         return sorted(records, key=lambda r: r["rank"])
 
     def failure_reason(self, attempt: int) -> str | None:
-        """The first rank failure of an attempt (its root cause, usually), else the recorded reason."""
+        """The root cause among an attempt's rank failures, else the recorded reason. A rank ended by
+        SIGTERM was usually stopped because another failed (srun --kill-on-bad-exit, scancel), so
+        other failures come first; among equals, the earliest."""
         failed = [r for r in self.rank_records(attempt) if r.get("exit_code") not in (None, 0)]
         if failed:
-            return min(failed, key=lambda r: r["end"])["reason"]
+            return min(failed, key=lambda r: (r["exit_code"] == -signal.SIGTERM, r.get("end_ts") or 0))["reason"]
         entries = [a for a in self.attempts() if a["attempt"] == attempt]
         return entries[0].get("exit_reason") if entries else None
 

@@ -11,6 +11,7 @@ order, with a progress line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -189,6 +190,7 @@ def _submit_group(group: Group, force: bool, out: TextIO) -> dict[str, str]:
     except HarnessError:
         for planned, attempt, new in zip(group.runs, attempts, created):
             _roll_back(planned.run, attempt, new)
+        shutil.rmtree(executor.folder, ignore_errors=True)
         raise
     submitted = {}
     for index, (planned, attempt, job) in enumerate(zip(group.runs, attempts, jobs)):
@@ -206,6 +208,8 @@ def _roll_back(run: RunDir, attempt: int, created_now: bool) -> None:
     """The scheduler refused: leave no half-created run directory and no phantom attempt."""
     if created_now:
         shutil.rmtree(run.path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the experiment's directory, if this run was its first
+            run.path.parent.rmdir()
     else:
         run.remove_attempt(attempt)
 

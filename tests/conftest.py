@@ -15,6 +15,48 @@ from harness.config import compose_runs
 from harness.data.dataset import Dataset, ensure_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/ from this run")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_user_config(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read the developer's ~/.config/harness or HARNESS_CLUSTER."""
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg"))
+    os.environ.pop("HARNESS_CLUSTER", None)
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest):
+    """Compare text with tests/golden/<name>; `pytest --update-golden` rewrites the file instead."""
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if request.config.getoption("--update-golden"):
+            path.write_text(text)
+        assert path.exists(), f"no golden file {path}; run pytest --update-golden and review it"
+        assert text == path.read_text(), f"differs from {path}; if intended: pytest --update-golden"
+    return check
+
+
+def slurm_available() -> bool:
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10).stdout
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return "UP" in out
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """A real Slurm cluster (.ci/slurm-up.sh). CI sets HARNESS_REQUIRE_SLURM=1: missing is a failure."""
+    if slurm_available():
+        return
+    if os.environ.get("HARNESS_REQUIRE_SLURM") == "1":
+        pytest.fail("HARNESS_REQUIRE_SLURM=1 but no Slurm cluster answers `scontrol ping`")
+    pytest.skip("no Slurm cluster here; start one with `bash .ci/slurm-up.sh` (root, Debian)")
 
 
 @dataclass
@@ -43,6 +85,16 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def micro_dataset(data_root: Path) -> Dataset:
     return ensure_dataset(compose_runs(["scale=micro"])[0].config.data, data_root)
+
+
+@pytest.fixture(scope="session")
+def local_micro_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> tuple[Path, Path, CliResult]:
+    """`harness submit experiment=random_init scale=micro` on the local default, once per session."""
+    runs_root = tmp_path_factory.mktemp("runs")
+    result = run_cli("submit", "experiment=random_init", *micro_args(runs_root, data_root))
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (runs_root / "random_init").iterdir()
+    return runs_root, run_dir, result
 
 
 @pytest.fixture

@@ -10,13 +10,9 @@ from harness.data.shards import read_shard
 from tests.conftest import micro_args, run_cli
 
 
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory, data_root):
-    runs_root = tmp_path_factory.mktemp("runs")
-    result = run_cli("submit", "experiment=random_init", *micro_args(runs_root, data_root))
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = (runs_root / "random_init").iterdir()
-    return runs_root, run_dir, result
+@pytest.fixture
+def micro_run(local_micro_run):
+    return local_micro_run
 
 
 def test_submit_runs_to_completion_and_prints_the_run_dir(micro_run):
@@ -56,6 +52,29 @@ def test_ranks_read_disjoint_samples_that_together_are_the_epoch(micro_run, micr
     assert not set(rank0) & set(rank1)
     assert len(rank0) == len(set(rank0)) and len(rank1) == len(set(rank1))
     assert set(rank0) | set(rank1) == epoch
+
+
+def test_the_run_executed_the_frozen_code_snapshot(micro_run):
+    runs_root, run_dir, _ = micro_run
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    snapshot = runs_root / ".code" / provenance["code_snapshot"]
+    assert (snapshot / "harness" / "launch" / "task.py").exists()
+    record = json.loads((run_dir / "logs" / "1" / "rank0.json").read_text())
+    assert record["code"] == str(snapshot)
+
+
+def test_logs_shows_the_trainer_output(micro_run):
+    runs_root, run_dir, _ = micro_run
+    result = run_cli("logs", f"random_init/{run_dir.name}", "--runs-root", str(runs_root))
+    assert result.returncode == 0 and result.stdout == (run_dir / "logs/1/rank0.log").read_text()
+    assert run_cli("logs", "nope", "--runs-root", str(runs_root)).returncode == 2
+
+
+def test_status_reads_the_run_directory(micro_run):
+    runs_root, run_dir, _ = micro_run
+    result = run_cli("status", "--runs-root", str(runs_root))
+    row = next(line for line in result.stdout.splitlines() if run_dir.name in line)
+    assert row.split()[3] == "done" and row.split()[5] == "24"
 
 
 def test_submitting_the_same_config_again_starts_no_new_run(micro_run, data_root):

@@ -49,5 +49,9 @@ def existing(runs_root: Path, snapshot_id: str) -> Path:
 
 
 def python_command(snapshot: Path) -> str:
-    """The interpreter line submitit puts in the job script: this Python, importing the snapshot."""
-    return f"env PYTHONPATH={shlex.quote(str(snapshot))} {shlex.quote(sys.executable)}"
+    """The interpreter line submitit puts in the job script: this Python, importing the snapshot.
+
+    PYTHONSAFEPATH keeps the working directory off sys.path: submitted from a checkout, it would
+    otherwise shadow the snapshot with the live `harness/` (and it is inherited by the trainer).
+    """
+    return f"env PYTHONSAFEPATH=1 PYTHONPATH={shlex.quote(str(snapshot))} {shlex.quote(sys.executable)}"

@@ -94,7 +94,7 @@ class RankRecord:
         self.error_path = directory / f"rank{rank}.error"
         self.node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         self.values = {"rank": rank, "local_rank": local_rank, "node": self.node, "host": socket.gethostname(),
-                       "pid": None, "start": _now(), "end": None, "exit_code": None, "reason": None}
+                       "code": str(Path(__file__).resolve().parents[2]), "pid": None, "start": _now(), "end": None, "exit_code": None, "reason": None}
         self._write()
 
     def start(self, pid: int) -> None:
@@ -102,7 +102,7 @@ class RankRecord:
         self._write()
 
     def finish(self, code: int, reason: str) -> None:
-        self.values.update(end=_now(), exit_code=code, reason=reason)
+        self.values.update(end=_now(), end_ts=time.time(), exit_code=code, reason=reason)
         self._write()
 
     def failure(self, code: int) -> str:

@@ -85,3 +85,28 @@ def test_a_bad_choice_in_a_group_file_names_the_file(jobs_copy: Path):
     (jobs_copy / "model" / "odd.yaml").write_text("name: odd\npositional: spiral\n")
     with pytest.raises(HarnessError, match=r"model.positional: 'spiral' is not one of .* \(jobs/model/odd.yaml\)"):
         compose_runs(["model=odd"])
+
+
+def test_a_cluster_profile_brings_its_default_scale_unless_overridden():
+    assert compose_runs(["cluster=a100_8x8"])[0].config.scale == "paper"
+    assert compose_runs(["cluster=a100_8x8", "scale=smoke"])[0].config.scale == "smoke"
+    assert compose_runs(["cluster=a100_8x8"])[0].config.world_size == 64
+
+
+def test_users_pick_a_profile_once_in_a_file_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "defaults.yaml").write_text("overrides: [cluster=slurm_ci, launch.account=t2i]\n")
+    config = compose_runs([])[0].config
+    assert (config.launch.cluster, config.launch.account) == ("slurm_ci", "t2i")
+    assert compose_runs(["cluster=local"])[0].config.launch.cluster == "local"  # the command line wins
+    monkeypatch.setenv("HARNESS_CLUSTER", "a100_8x8")
+    assert compose_runs([])[0].config.launch.cluster == "a100_8x8"
+
+
+def test_a_bad_user_default_names_the_defaults_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "defaults.yaml").write_text("overrides: [launch.nodes=many]\n")
+    with pytest.raises(HarnessError, match=r"launch.nodes: .*\(user defaults .*defaults.yaml: launch.nodes=many\)"):
+        compose_runs([])

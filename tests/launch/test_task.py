@@ -1,0 +1,29 @@
+from harness.config import compose_runs
+from harness.launch.environment import torch_env
+from harness.launch.task import preflight
+
+
+def config(*overrides):
+    return compose_runs(list(overrides))[0].config
+
+
+def test_torch_env_from_the_scheduler_view():
+    env = torch_env("42_3", global_rank=9, local_rank=1, num_tasks=64, num_nodes=8,
+                    hostnames=["gpu-a01", "gpu-a02"])
+    assert env["RANK"] == "9" and env["LOCAL_RANK"] == "1" and env["WORLD_SIZE"] == "64"
+    assert env["LOCAL_WORLD_SIZE"] == "8" and env["MASTER_ADDR"] == "gpu-a01"
+    assert env["MASTER_PORT"] == torch_env("42_3", 0, 0, 64, 8, ["gpu-a01"])["MASTER_PORT"]
+    assert 20000 <= int(env["MASTER_PORT"]) <= 60000
+
+
+def test_preflight_accepts_a_matching_allocation():
+    assert preflight(config("cluster=a100_8x8", "scale=micro"), 64, 8, "0,1,2,3,4,5,6,7") is None
+    assert preflight(config(), 2, 1, None) is None
+
+
+def test_preflight_names_each_mismatch():
+    paper = config("cluster=a100_8x8", "scale=micro")
+    assert "32 tasks in the job, the run's world size is 64" in preflight(paper, 32, 8, "0,1,2,3,4,5,6,7")
+    assert "4 nodes in the job, the profile asks for 8" in preflight(paper, 64, 4, "0,1,2,3,4,5,6,7")
+    assert "4 visible GPU(s)" in preflight(paper, 64, 8, "0,1,2,3")
+    assert "0 visible GPU(s)" in preflight(paper, 64, 8, None)
