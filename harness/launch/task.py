@@ -133,18 +133,24 @@ def preflight(config: RunConfig, num_tasks: int, num_nodes: int, visible_gpus: s
 
 
 def stage_dataset(run, scratch: str, local_rank: int) -> str:
-    """Copy the run's dataset to node-local scratch once per node; return the scratch data root."""
+    """Copy the run's dataset to node-local scratch once per node (again only if its manifest
+    changed); return the scratch data root. Other ranks of the node wait for the copy."""
     source = Path(run.provenance()["data"]["root"])
     root = Path(os.path.expandvars(scratch))
     target = root / source.name
-    if local_rank == 0 and not (target / "manifest.json").exists():
+    manifest = (source / "manifest.json").read_bytes()
+
+    def staged() -> bool:
+        return (target / "manifest.json").exists() and (target / "manifest.json").read_bytes() == manifest
+
+    if local_rank == 0 and not staged():
         staging = root / f"{source.name}.staging-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(source, staging)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     deadline = time.time() + STAGING_WAIT_S
-    while not (target / "manifest.json").exists():
+    while not staged():
         if time.time() > deadline:
             raise TaskFailed(f"dataset staging to {target} did not finish")
         time.sleep(1)

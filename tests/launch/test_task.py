@@ -27,3 +27,26 @@ def test_preflight_names_each_mismatch():
     assert "4 nodes in the job, the profile asks for 8" in preflight(paper, 64, 4, "0,1,2,3,4,5,6,7")
     assert "4 visible GPU(s)" in preflight(paper, 64, 8, "0,1,2,3")
     assert "0 visible GPU(s)" in preflight(paper, 64, 8, None)
+
+
+def test_dataset_staging_copies_once_per_node(tmp_path):
+    from harness.launch.task import stage_dataset
+
+    source = tmp_path / "data" / "micro-abc"
+    source.mkdir(parents=True)
+    (source / "manifest.json").write_text("{}")
+    (source / "shard.tar").write_bytes(b"x" * 10)
+
+    class Run:
+        def provenance(self):
+            return {"data": {"root": str(source)}}
+
+    scratch = tmp_path / "scratch"
+    assert stage_dataset(Run(), str(scratch), local_rank=0) == str(scratch)
+    assert (scratch / "micro-abc" / "shard.tar").read_bytes() == b"x" * 10
+    (source / "shard.tar").write_bytes(b"changed")  # staged once: a second task on the node reuses it
+    stage_dataset(Run(), str(scratch), local_rank=1)
+    assert (scratch / "micro-abc" / "shard.tar").read_bytes() == b"x" * 10
+    (source / "manifest.json").write_text('{"version": 2}')  # a new dataset version is staged again
+    stage_dataset(Run(), str(scratch), local_rank=0)
+    assert (scratch / "micro-abc" / "shard.tar").read_bytes() == b"changed"
