@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--output", type=Path, default=Path("RESULTS.md"))
     collect.set_defaults(handler=_collect)
 
+    commands.add_parser("selftest", help="check this install: a micro forward/backward pass").set_defaults(
+        handler=_selftest)
+
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("run_dir")
     worker.add_argument("--job", default="train", choices=["train"])
@@ -155,6 +158,13 @@ def _cancel(args: argparse.Namespace) -> int:
 
     if cancel(resolve(_runs_root(args.runs_root), args.selector)) == 0:
         print("nothing to cancel")
+    return 0
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    from harness.selftest import run
+
+    print(run())
     return 0
 
 

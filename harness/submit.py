@@ -30,7 +30,8 @@ from harness.launch import snapshot
 from harness.launch.executor import make_executor, render_sbatch, submit_all
 from harness.launch.task import RunTask
 from harness.plan import PlannedRun, plan
-from harness.provenance import code_snapshot_id, submit_provenance
+from harness.launch.image import git_sha_mismatch, identify
+from harness.provenance import code_snapshot_id, git_state, submit_provenance
 from harness.rundir import RunDir, RunState
 from harness.status import wait_for
 from harness.train.metrics import read_metrics
@@ -72,15 +73,16 @@ def submit(overrides: list[str], force: bool = False, dry_run: bool = False, wai
            out: TextIO = sys.stdout) -> list[RunDir]:
     runs = plan(overrides, log=lambda msg: print(msg, file=out, flush=True))
     to_launch = [p for p in runs if _should_launch(p, force, dry_run, out)]
+    images = _identify_images(to_launch, out)
     if dry_run:
         _print_dry_run(to_launch, out)
         return [p.run for p in runs]
     local = [p for p in to_launch if p.config.launch.executor == "local"]
     slurm = [p for p in to_launch if p.config.launch.executor != "local"]
     if slurm:
-        _launch_slurm(slurm, force, out)
+        _launch_slurm(slurm, force, images, out)
     for planned in local:
-        job, _ = _launch_local(planned, force)
+        job, _ = _launch_local(planned, force, images)
         wait_local(planned, job, out)
     if wait and slurm:
         wait_for([p.run for p in slurm], out)
@@ -105,9 +107,9 @@ def _should_launch(planned: PlannedRun, force: bool, dry_run: bool, out: TextIO)
 
 # --- local -------------------------------------------------------------------------------------
 
-def _launch_local(planned: PlannedRun, force: bool) -> tuple[submitit.Job, int]:
+def _launch_local(planned: PlannedRun, force: bool, images: dict) -> tuple[submitit.Job, int]:
     run, config = planned.run, planned.config
-    code = _prepare(planned, force)
+    code = _prepare(planned, force, images)
     attempt = run.add_attempt("local")
     executor = make_executor(config.launch, run.logs(attempt), name=f"{config.experiment}-{run.run_id}",
                              python=snapshot.python_command(code))
@@ -153,10 +155,14 @@ def progress_line(run: RunDir, steps: int) -> str:
 
 # --- slurm -------------------------------------------------------------------------------------
 
-def _launch_slurm(runs: list[PlannedRun], force: bool, out: TextIO) -> None:
+def _launch_slurm(runs: list[PlannedRun], force: bool, images: dict, out: TextIO) -> None:
     job_ids: dict[str, str] = {}
-    for group in _groups(runs, job_ids, submit_group=lambda g: job_ids.update(_submit_group(g, force, out))):
-        job_ids.update(_submit_group(group, force, out))
+
+    def submit_group(group: Group) -> None:
+        job_ids.update(_submit_group(group, force, images, out))
+
+    for group in _groups(runs, job_ids, submit_group=submit_group):
+        submit_group(group)
 
 
 def _groups(runs: list[PlannedRun], job_ids: dict[str, str], submit_group) -> list[Group]:
@@ -176,9 +182,9 @@ def _groups(runs: list[PlannedRun], job_ids: dict[str, str], submit_group) -> li
     return list(pending.values())
 
 
-def _submit_group(group: Group, force: bool, out: TextIO) -> dict[str, str]:
+def _submit_group(group: Group, force: bool, images: dict, out: TextIO) -> dict[str, str]:
     created = [not p.run.path.exists() or force for p in group.runs]
-    codes = [_prepare(p, force) for p in group.runs]
+    codes = [_prepare(p, force, images) for p in group.runs]
     attempts = [p.run.add_attempt("slurm") for p in group.runs]
     if len(set(codes)) != 1:
         raise HarnessError("runs of one array must share a code snapshot; submit them separately")
@@ -216,7 +222,25 @@ def _roll_back(run: RunDir, attempt: int, created_now: bool) -> None:
 
 # --- shared ------------------------------------------------------------------------------------
 
-def _prepare(planned: PlannedRun, force: bool) -> Path:
+def _identify_images(runs: list[PlannedRun], out: TextIO) -> dict[str, dict | None]:
+    """Each distinct container image, identified before anything is written; warn on stale images."""
+    images: dict[str, dict | None] = {}
+    code_sha = git_state()["sha"]
+    for planned in runs:
+        key = _image_key(planned)
+        if key not in images:
+            images[key] = identify(planned.config.container)
+            warning = git_sha_mismatch(images[key], code_sha)
+            if warning:
+                print(warning, file=out, flush=True)
+    return images
+
+
+def _image_key(planned: PlannedRun) -> str:
+    return f"{planned.config.container.runtime}:{planned.config.container.image}"
+
+
+def _prepare(planned: PlannedRun, force: bool, images: dict) -> Path:
     """Create (or reuse) the run directory; return the code snapshot this attempt executes."""
     run, config = planned.run, planned.config
     runs_root = Path(config.paths.runs_root)
@@ -226,7 +250,7 @@ def _prepare(planned: PlannedRun, force: bool) -> Path:
     if previous:
         return snapshot.existing(runs_root, previous)
     snapshot_id, code = snapshot.freeze(runs_root)
-    provenance = submit_provenance(planned.data_provenance(), config.launch.image, list(planned.overrides))
+    provenance = submit_provenance(planned.data_provenance(), images[_image_key(planned)], list(planned.overrides))
     run.create(config, {**provenance, "code_snapshot": snapshot_id, "world_size": config.world_size,
                         "cluster": config.launch.cluster})
     return code

@@ -42,7 +42,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init.strategy": ("random", "pretrained"),
     "train.precision": ("fp32", "bf16"),
     "launch.executor": ("local", "slurm"),
-    "launch.runtime": ("none", "apptainer", "docker", "podman"),
+    "container.runtime": ("none", "apptainer", "docker", "podman"),
 }
 
 ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig)

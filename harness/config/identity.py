@@ -15,7 +15,7 @@ from typing import Any
 from harness.config.compose import to_dict
 from harness.config.schema import RunConfig
 
-LAUNCH_ONLY_SECTIONS = ("launch", "paths")
+LAUNCH_ONLY_SECTIONS = ("launch", "container", "paths")
 ID_LENGTH = 10
 
 

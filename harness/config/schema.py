@@ -106,12 +106,20 @@ class LaunchConfig:
     # Node-local directory to stage the dataset into before training (read many, pull once).
     scratch: Optional[str] = None
     array_parallelism: int = 64
-    # Container runtime wrapping each task: none | apptainer | docker | podman
-    runtime: str = "none"
-    image: Optional[str] = None
-    extra_binds: list[str] = field(default_factory=list)
     # `harness status` calls a running run stalled after this long without a metric.
     stall_after_min: int = 15
+
+
+@dataclass
+class ContainerConfig:
+    """What each task's trainer runs inside. Launch-only: the code itself is the run's snapshot."""
+
+    # none | apptainer | docker | podman
+    runtime: str = "none"
+    # docker/podman: an image reference (tag or id); apptainer: a .sif path.
+    image: str = "harness:latest"
+    # More host paths to bind, "src" or "src:dst" (data and runs roots are always bound).
+    extra_binds: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -132,6 +140,7 @@ class RunConfig:
     init: InitConfig = field(default_factory=InitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     @property

@@ -21,6 +21,7 @@ from pathlib import Path
 import submitit
 
 from harness.config import RunConfig, load_run_config
+from harness.launch.container import Wrapper, container_name
 from harness.launch.environment import torch_env
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
@@ -54,9 +55,12 @@ class RunTask:
         else:
             extra_env = torch_env(str(env.job_id), env.global_rank, env.local_rank, env.num_tasks,
                                   env.num_nodes, list(env.hostnames))
+            extra_env["HARNESS_ATTEMPT"] = str(self.attempt)
+            data_root = config.paths.data_root
             if config.launch.scratch:
-                extra_env["HARNESS_DATA_ROOT"] = stage_dataset(run, config.launch.scratch, env.local_rank)
-            code = self._run_child(extra_env, record)
+                data_root = extra_env["HARNESS_DATA_ROOT"] = stage_dataset(run, config.launch.scratch, env.local_rank)
+            wrapper = self._wrapper(config, data_root, str(env.job_id), env.global_rank)
+            code = self._run_child(extra_env, record, wrapper)
             reason = "completed" if code == 0 else record.failure(code)
         record.finish(code, reason)
         if env.global_rank == 0:
@@ -67,21 +71,40 @@ class RunTask:
             raise TaskFailed(reason)
         return self.run_dir
 
-    def command(self, error_file: Path | None = None) -> list[str]:
+    def worker_args(self, error_file: Path | None = None) -> list[str]:
         extra = ["--error-file", str(error_file)] if error_file else []
-        return [sys.executable, "-m", "harness", "worker", self.run_dir, "--job", self.job, *extra]
+        return ["worker", self.run_dir, "--job", self.job, *extra]
 
-    def _run_child(self, extra_env: dict[str, str], record: "RankRecord") -> int:
+    def command(self, env: dict[str, str], error_file: Path | None = None,
+                wrapper: Wrapper | None = None) -> list[str]:
+        """The trainer's command: this Python on the host, or `harness` inside the container."""
+        if wrapper is None:
+            return [sys.executable, "-m", "harness", *self.worker_args(error_file)]
+        return wrapper.wrap(self.worker_args(error_file), env)
+
+    def _wrapper(self, config: RunConfig, data_root: str, job_id: str, rank: int) -> Wrapper | None:
+        if config.container.runtime == "none":
+            return None
+        name = container_name(job_id, os.environ.get("SLURM_STEP_ID", "0"), rank)
+        code = str(Path(__file__).resolve().parents[2])  # this task imports the run's snapshot
+        return Wrapper(config.container, (data_root, config.paths.runs_root), code, name,
+                       gpus=config.launch.gpus_per_node > 0)
+
+    def _run_child(self, extra_env: dict[str, str], record: "RankRecord", wrapper: Wrapper | None) -> int:
+        env = {**os.environ, **extra_env}
         with open(record.log_path, "ab") as log:
-            child = subprocess.Popen(self.command(record.error_path), env={**os.environ, **extra_env},
+            child = subprocess.Popen(self.command(env, record.error_path, wrapper), env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
-            record.start(child.pid)
+            record.start(child.pid, wrapper.name if wrapper else None)
+            # Signals go to the trainer (through `docker run`'s proxy and --init, or apptainer).
             previous = {sig: signal.signal(sig, lambda s, _f: child.send_signal(s)) for sig in FORWARDED_SIGNALS}
             try:
                 return child.wait()
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+                if wrapper is not None:
+                    wrapper.remove()
 
 
 class RankRecord:
@@ -97,8 +120,8 @@ class RankRecord:
                        "code": str(Path(__file__).resolve().parents[2]), "pid": None, "start": _now(), "end": None, "exit_code": None, "reason": None}
         self._write()
 
-    def start(self, pid: int) -> None:
-        self.values["pid"] = pid
+    def start(self, pid: int, container: str | None) -> None:
+        self.values.update(pid=pid, container=container)
         self._write()
 
     def finish(self, code: int, reason: str) -> None:

@@ -7,6 +7,7 @@ pre-trained init, the upstream model file. Writes metrics.jsonl and the final mo
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -34,6 +35,7 @@ def train(run_dir: Path) -> None:
     config = load_run_config(run.config_path)
     _init_distributed(config)
     rank, world = dist.get_rank(), dist.get_world_size()
+    _record_runtime(run, rank)
     if world != config.world_size:
         raise RuntimeError(f"world size {world} differs from the config's {config.world_size}")
     if config.launch.gpus_per_node and not torch.cuda.is_available():
@@ -161,18 +163,30 @@ def _grad_norm(engine) -> float | None:
 def _archive_stale_metrics(run: RunDir) -> None:
     """A fresh start keeps a failed attempt's metrics, moved beside that attempt's logs."""
     if run.metrics_path.exists():
-        attempts = run.attempts()
-        previous = attempts[-2]["attempt"] if len(attempts) >= 2 else 0
-        target = run.logs(previous)
+        target = run.logs(max(_attempt(run) - 1, 0))
         target.mkdir(parents=True, exist_ok=True)
         shutil.move(str(run.metrics_path), target / "metrics.jsonl")
+
+
+def _attempt(run: RunDir) -> int:
+    return int(os.environ.get("HARNESS_ATTEMPT") or len(run.attempts()) or 1)
+
+
+def _record_runtime(run: RunDir, rank: int) -> None:
+    """Evidence, from inside, of where this rank's trainer ran (host or which container)."""
+    inside = {"container": os.environ.get("HARNESS_CONTAINER"), "dockerenv": Path("/.dockerenv").exists(),
+              "containerenv": Path("/run/.containerenv").exists(),
+              "apptainer": os.environ.get("APPTAINER_CONTAINER"), "python": sys.executable,
+              "harness": str(Path(__file__).resolve().parents[2]), "torch": torch.__version__}
+    path = run.logs(_attempt(run)) / f"rank{rank}.runtime.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(inside) + "\n")
 
 
 def _sample_id_log(run: RunDir, config: RunConfig, rank: int):
     if not config.train.log_sample_ids:
         return None
-    attempt = len(run.attempts()) or 1
-    path = run.logs(attempt) / f"sample_ids.rank{rank}.txt"
+    path = run.logs(_attempt(run)) / f"sample_ids.rank{rank}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     return open(path, "w")
 

@@ -10,7 +10,7 @@ def run_id(*overrides: str, data_hash: str = "d" * 64) -> str:
 @pytest.mark.parametrize("launch_only", [
     "paths.runs_root=/elsewhere/runs", "paths.data_root=/scratch/data", "launch.partition=gpu",
     "launch.account=proj42", "launch.qos=high", "launch.array_parallelism=3", "launch.cluster=other",
-    "launch.runtime=apptainer", "launch.image=/images/harness.sif", "launch.timeout_min=999",
+    "container.runtime=apptainer", "container.image=/images/harness.sif", "launch.timeout_min=999",
 ])
 def test_launch_only_keys_do_not_change_the_run_id(launch_only):
     assert run_id(launch_only) == run_id()
