@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="for Slurm runs: wait until they end")
     submit.set_defaults(handler=_submit)
 
-    show = commands.add_parser("show", help="print the resolved config and run id")
+    show = commands.add_parser("show", help="print the resolved config and run id (builds missing "
+                               "synthetic data, which names the run; trains nothing)")
     show.add_argument("overrides", nargs="*")
     show.set_defaults(handler=_show)
 
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=_cancel)
 
     collect = commands.add_parser("collect", help="render RESULTS.md from run directories")
-    collect.add_argument("--runs-root", type=Path, default=Path("runs"))
+    collect.add_argument("--runs-root", type=Path, default=None)
     collect.add_argument("--output", type=Path, default=Path("RESULTS.md"))
     collect.set_defaults(handler=_collect)
 
@@ -120,8 +121,11 @@ def _collect(args: argparse.Namespace) -> int:
     from harness.results.collect import render
     from harness.rundir import find_runs
 
-    render(args.runs_root, args.output)
-    print(f"wrote {args.output} from {len(find_runs(args.runs_root))} run(s) under {args.runs_root}")
+    runs_root = _runs_root(args.runs_root)
+    if not args.output.parent.is_dir():
+        raise HarnessError(f"--output {args.output}: directory {args.output.parent} does not exist")
+    render(runs_root, args.output)
+    print(f"wrote {args.output} from {len(find_runs(runs_root))} run(s) under {runs_root}")
     return 0
 
 

@@ -51,7 +51,6 @@ def package_versions() -> dict[str, str | None]:
 def submit_provenance(data: dict[str, Any], image: str | None, overrides: list[str]) -> dict[str, Any]:
     return {
         "git": git_state(),
-        "code_snapshot": code_snapshot_id(),
         "image": image,
         "data": data,
         "packages": package_versions(),

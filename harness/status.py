@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -145,19 +146,22 @@ def cancel(runs: list[RunDir], out: TextIO = sys.stdout) -> int:
             if error:
                 raise HarnessError(f"scancel {job_id} failed: {error}")
         else:
-            _cancel_local(job_id)
+            _cancel_local(last)
         run.end_attempt(last["attempt"], CANCELLED_REASON)
         print(f"{run.name}: cancelled (job {job_id})", file=out)
         cancelled += 1
     return cancelled
 
 
-def _cancel_local(job_id: str) -> None:
+def _cancel_local(attempt: dict) -> None:
     """submitit's local controller forwards SIGTERM to its tasks, which forward it to the trainer."""
-    try:
-        os.kill(int(job_id), signal.SIGTERM)
-    except (ProcessLookupError, ValueError):
-        pass
+    if attempt.get("submit_host") != socket.gethostname():
+        raise HarnessError(f"job {attempt.get('job_id')} runs on {attempt.get('submit_host')}; cancel it there")
+    if attempt.get("end") is None:
+        try:
+            os.kill(int(attempt["job_id"]), signal.SIGTERM)
+        except (ProcessLookupError, ValueError, TypeError):
+            pass
 
 
 def show_logs(run: RunDir, rank: int, follow: bool, out: TextIO = sys.stdout) -> None:

@@ -33,6 +33,7 @@ from harness.plan import PlannedRun, plan
 from harness.launch.image import git_sha_mismatch, identify
 from harness.provenance import code_snapshot_id, git_state, submit_provenance
 from harness.rundir import RunDir, RunState
+from harness.train.sources import is_run_reference
 from harness.status import wait_for
 from harness.train.metrics import read_metrics
 
@@ -91,6 +92,9 @@ def submit(overrides: list[str], force: bool = False, dry_run: bool = False, wai
 
 def _should_launch(planned: PlannedRun, force: bool, dry_run: bool, out: TextIO) -> bool:
     state = planned.state
+    if force and state == RunState.RUNNING:
+        raise HarnessError(f"{planned.run.name} is pending or running; cancel it first "
+                           f"(harness cancel {planned.run.name}), then --force")
     if force:
         return True
     if state == RunState.DONE:
@@ -109,11 +113,20 @@ def _should_launch(planned: PlannedRun, force: bool, dry_run: bool, out: TextIO)
 
 def _launch_local(planned: PlannedRun, force: bool, images: dict) -> tuple[submitit.Job, int]:
     run, config = planned.run, planned.config
+    upstream = _upstream(planned)
+    if upstream is not None and upstream.state() != RunState.DONE:
+        raise HarnessError(f"{run.name} starts from {upstream.name}, which is {upstream.state().value}; "
+                           "submit again when it is done")
+    new = not run.path.exists() or force
     code = _prepare(planned, force, images)
     attempt = run.add_attempt("local")
-    executor = make_executor(config.launch, run.logs(attempt), name=f"{config.experiment}-{run.run_id}",
-                             python=snapshot.python_command(code))
-    job = executor.submit(RunTask(str(run.path), attempt))
+    try:
+        executor = make_executor(config.launch, run.logs(attempt), name=f"{config.experiment}-{run.run_id}",
+                                 python=snapshot.python_command(code))
+        job = executor.submit(RunTask(str(run.path), attempt))
+    except BaseException:
+        _roll_back(run, attempt, new)
+        raise
     run.set_job_id(attempt, str(job.job_id))
     return job, attempt
 
@@ -137,7 +150,8 @@ def wait_local(planned: PlannedRun, job: submitit.Job, out: TextIO) -> None:
         attempt = run.attempts()[-1]["attempt"]
         reason = run.failure_reason(attempt) or "no reason recorded"
         raise RunFailed(f"{run.name} failed: {reason}; logs: {run.logs(attempt)}") from None
-    final = read_metrics(run.metrics_path)[-1]
+    records = read_metrics(run.metrics_path)
+    final = records[-1] if records else {"step": 0, "tokens": 0}
     print(f"{run.name}: done in {run.path}", file=out)
     print(f"  final loss_text {_fmt(final.get('loss_text'))}  loss_image {_fmt(final.get('loss_image'))}"
           f"  ({final['step']} steps, {final['tokens']} tokens)", file=out, flush=True)
@@ -157,46 +171,64 @@ def progress_line(run: RunDir, steps: int) -> str:
 
 def _launch_slurm(runs: list[PlannedRun], force: bool, images: dict, out: TextIO) -> None:
     job_ids: dict[str, str] = {}
-
-    def submit_group(group: Group) -> None:
-        job_ids.update(_submit_group(group, force, images, out))
-
-    for group in _groups(runs, job_ids, submit_group=submit_group):
-        submit_group(group)
+    _plan_groups(runs, job_ids, emit=lambda group: job_ids.update(_submit_group(group, force, images, out)))
 
 
-def _groups(runs: list[PlannedRun], job_ids: dict[str, str], submit_group) -> list[Group]:
-    """Group runs by resource spec and dependency, submitting earlier groups first when a run
-    depends on an upstream run that is launched in this same call."""
+def _plan_groups(runs: list[PlannedRun], job_ids: dict[str, str], emit) -> None:
+    """Group runs by resource spec and dependency and hand each group to `emit`, in an order where
+    a run's upstream group is emitted (and its job id known) before the run's own group."""
     pending: OrderedDict[str, Group] = OrderedDict()
     names = {p.run.name for p in runs}
     for planned in runs:
-        upstream = planned.config.init.source if planned.config.init.source in names else None
-        if upstream and upstream not in job_ids:
+        upstream = _upstream(planned)
+        if upstream is not None and upstream.name in names and upstream.name not in job_ids:
             for group in pending.values():
-                submit_group(group)
+                emit(group)
             pending.clear()
-        dependency = f"afterok:{job_ids.get(upstream, upstream)}" if upstream else None
+        dependency = _dependency(upstream, job_ids)
         key = json.dumps([dataclasses.asdict(planned.config.launch), planned.config.paths.runs_root, dependency])
         pending.setdefault(key, Group([], dependency)).runs.append(planned)
-    return list(pending.values())
+    for group in pending.values():
+        emit(group)
+
+
+def _upstream(planned: PlannedRun) -> RunDir | None:
+    source = planned.config.init.source
+    if planned.config.init.strategy != "pretrained" or not source or not is_run_reference(source):
+        return None
+    return RunDir(Path(planned.config.paths.runs_root) / source)
+
+
+def _dependency(upstream: RunDir | None, job_ids: dict[str, str]) -> str | None:
+    """afterok on the upstream's job: submitted in this call, or already pending/running."""
+    if upstream is None:
+        return None
+    if upstream.name in job_ids:
+        return f"afterok:{job_ids[upstream.name]}"
+    attempts = upstream.attempts()
+    if attempts and not attempts[-1].get("end") and upstream.state() == RunState.RUNNING:
+        return f"afterok:{attempts[-1]['job_id']}"
+    if upstream.state() == RunState.DONE:
+        return None
+    return f"afterok:<job of {upstream.name}>"  # only seen in --dry-run output
 
 
 def _submit_group(group: Group, force: bool, images: dict, out: TextIO) -> dict[str, str]:
     created = [not p.run.path.exists() or force for p in group.runs]
     codes = [_prepare(p, force, images) for p in group.runs]
     attempts = [p.run.add_attempt("slurm") for p in group.runs]
-    if len(set(codes)) != 1:
-        raise HarnessError("runs of one array must share a code snapshot; submit them separately")
-    executor = make_executor(group.launch, group.folder(attempts), name=group.job_name,
-                             python=snapshot.python_command(codes[0]), dependency=group.dependency)
-    script = render_sbatch(executor, len(group.runs))
+    folder = group.folder(attempts)
     try:
+        if len(set(codes)) != 1:
+            raise HarnessError("runs of one array must share a code snapshot; submit them separately")
+        executor = make_executor(group.launch, folder, name=group.job_name,
+                                 python=snapshot.python_command(codes[0]), dependency=group.dependency)
+        script = render_sbatch(executor, len(group.runs))
         jobs = submit_all(executor, [RunTask(str(p.run.path), a) for p, a in zip(group.runs, attempts)])
-    except HarnessError:
+    except BaseException:
         for planned, attempt, new in zip(group.runs, attempts, created):
             _roll_back(planned.run, attempt, new)
-        shutil.rmtree(executor.folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         raise
     submitted = {}
     for index, (planned, attempt, job) in enumerate(zip(group.runs, attempts, jobs)):
@@ -261,8 +293,8 @@ def _print_dry_run(runs: list[PlannedRun], out: TextIO) -> None:
     for planned in [p for p in runs if p.config.launch.executor == "local"]:
         print(f"{planned.run.name}: {planned.state.value}; would run {planned.config.world_size} local task(s) "
               f"-> {planned.run.path}", file=out)
-    groups = _groups([p for p in runs if p.config.launch.executor != "local"], {},
-                     submit_group=lambda g: None)
+    groups: list[Group] = []
+    _plan_groups([p for p in runs if p.config.launch.executor != "local"], {}, emit=groups.append)
     for group in groups:
         attempts = [len(p.run.attempts()) + 1 for p in group.runs]
         code = snapshot.snapshot_dir(group.runs_root, code_snapshot_id())

@@ -41,6 +41,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.corpus": ("captions", "text"),
     "init.strategy": ("random", "pretrained"),
     "train.precision": ("fp32", "bf16"),
+    # ZeRO-3 would partition parameters; the final model file is written from whole ones on rank 0.
+    "train.zero_stage": (0, 1, 2),
     "launch.executor": ("local", "slurm"),
     "container.runtime": ("none", "apptainer", "docker", "podman"),
 }
@@ -88,7 +90,10 @@ def user_defaults() -> list[str]:
     if path.exists():
         try:
             content = yaml.safe_load(path.read_text()) or {}
-            defaults = [str(o) for o in content.get("overrides", [])]
+            listed = content.get("overrides", [])
+            if not isinstance(listed, list):
+                raise AttributeError("overrides is not a list")
+            defaults = [str(o) for o in listed]
         except (yaml.YAMLError, AttributeError) as exc:
             raise HarnessError(f"{path}: expected `overrides: [key=value, ...]` ({_first_line(exc)})") from None
     if os.environ.get("HARNESS_CLUSTER"):
@@ -172,7 +177,7 @@ def _check_choices(config: RunConfig, overrides: list[str], choices: dict[str, s
         if flat[key] not in allowed:
             origin = origin_of(key, overrides, choices)
             raise HarnessError(
-                f"{key}: '{flat[key]}' is not one of {', '.join(allowed)} ({origin})"
+                f"{key}: '{flat[key]}' is not one of {', '.join(map(str, allowed))} ({origin})"
             )
 
 

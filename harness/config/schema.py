@@ -99,7 +99,7 @@ class LaunchConfig:
     constraint: Optional[str] = None
     exclude: Optional[str] = None
     exclusive: bool = False
-    # Signal before the time limit so the trainer can checkpoint (Slurm: --signal=USR2@<s>).
+    # Slurm's early warning before the time limit (--signal=USR2@<s>); recorded per rank.
     signal_delay_s: int = 120
     # Shell lines run in the sbatch script before srun: module loads, NCCL/InfiniBand settings.
     setup: list[str] = field(default_factory=list)

@@ -10,7 +10,6 @@ contiguous slice of that, so ranks are disjoint and together cover each epoch ex
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -31,10 +30,15 @@ class EpochOrder:
         self.shard_sizes = shard_sizes
         self.seed = seed
         self.epoch_size = sum(shard_sizes)
+        self._cached: tuple[int, np.ndarray] | None = None
 
-    @lru_cache(maxsize=2)
     def order(self, epoch: int) -> np.ndarray:
-        """[(shard, offset)] of every sample of the epoch, in stream order."""
+        """[(shard, offset)] of every sample of the epoch, in stream order (the last one cached)."""
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self._permute(epoch))
+        return self._cached[1]
+
+    def _permute(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
         parts = []
         for shard in rng.permutation(len(self.shard_sizes)):

@@ -55,5 +55,8 @@ def scancel(job_ids: list[str]) -> str | None:
     """Cancel jobs; returns scancel's error text, or None on success."""
     if shutil.which("scancel") is None:
         return "scancel not found"
-    proc = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
-    return proc.stderr.strip() or None if proc.returncode else None
+    try:
+        proc = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"scancel did not answer within {QUERY_TIMEOUT_S}s"
+    return (proc.stderr.strip() or f"exit code {proc.returncode}") if proc.returncode else None

@@ -24,7 +24,10 @@ from harness.config import RunConfig, load_run_config
 from harness.launch.container import Wrapper, container_name
 from harness.launch.environment import torch_env
 
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+# Stop signals go to the trainer. Slurm's early warning before the time limit (USR1/USR2) is only
+# recorded: this trainer keeps no resumable checkpoint, so it trains on until the limit.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+WARNING_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 STAGING_WAIT_S = 3600
 
 
@@ -45,23 +48,13 @@ class RunTask:
 
         env = submitit.JobEnvironment()
         run = RunDir(Path(self.run_dir))
-        config = load_run_config(run.config_path)
         record = RankRecord(run.logs(self.attempt), env.global_rank, env.local_rank)
         if env.global_rank == 0:
             run.start_attempt(self.attempt, nodes=list(env.hostnames))
-        problem = preflight(config, env.num_tasks, env.num_nodes, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        if problem:
-            code, reason = 1, f"pre-flight failed on node {record.node} (rank {env.global_rank}): {problem}"
-        else:
-            extra_env = torch_env(str(env.job_id), env.global_rank, env.local_rank, env.num_tasks,
-                                  env.num_nodes, list(env.hostnames))
-            extra_env["HARNESS_ATTEMPT"] = str(self.attempt)
-            data_root = config.paths.data_root
-            if config.launch.scratch:
-                data_root = extra_env["HARNESS_DATA_ROOT"] = stage_dataset(run, config.launch.scratch, env.local_rank)
-            wrapper = self._wrapper(config, data_root, str(env.job_id), env.global_rank)
-            code = self._run_child(extra_env, record, wrapper)
-            reason = "completed" if code == 0 else record.failure(code)
+        try:
+            code, reason = self._run(run, env, record)
+        except Exception as exc:  # anything before or around the trainer: record it, then fail
+            code, reason = 1, f"{record.where}: {type(exc).__name__}: {exc}"
         record.finish(code, reason)
         if env.global_rank == 0:
             if code == 0:
@@ -70,6 +63,21 @@ class RunTask:
         if code != 0:
             raise TaskFailed(reason)
         return self.run_dir
+
+    def _run(self, run, env, record: "RankRecord") -> tuple[int, str]:
+        config = load_run_config(run.config_path)
+        problem = preflight(config, env.num_tasks, env.num_nodes, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if problem:
+            return 1, f"pre-flight failed on node {record.node} (rank {env.global_rank}): {problem}"
+        extra_env = torch_env(str(env.job_id), env.global_rank, env.local_rank, env.num_tasks,
+                              env.num_nodes, list(env.hostnames))
+        extra_env["HARNESS_ATTEMPT"] = str(self.attempt)
+        data_root = config.paths.data_root
+        if config.launch.scratch:
+            data_root = extra_env["HARNESS_DATA_ROOT"] = stage_dataset(run, config.launch.scratch, env.local_rank)
+        wrapper = self._wrapper(config, data_root, str(env.job_id), env.global_rank)
+        code = self._run_child(extra_env, record, wrapper)
+        return code, "completed" if code == 0 else record.failure(code)
 
     def worker_args(self, error_file: Path | None = None) -> list[str]:
         extra = ["--error-file", str(error_file)] if error_file else []
@@ -98,6 +106,7 @@ class RunTask:
             record.start(child.pid, wrapper.name if wrapper else None)
             # Signals go to the trainer (through `docker run`'s proxy and --init, or apptainer).
             previous = {sig: signal.signal(sig, lambda s, _f: child.send_signal(s)) for sig in FORWARDED_SIGNALS}
+            previous.update({sig: signal.signal(sig, lambda s, _f: record.note_signal(s)) for sig in WARNING_SIGNALS})
             try:
                 return child.wait()
             finally:
@@ -124,12 +133,20 @@ class RankRecord:
         self.values.update(pid=pid, container=container)
         self._write()
 
+    @property
+    def where(self) -> str:
+        return f"rank {self.values['rank']} on {self.node}"
+
+    def note_signal(self, signum: int) -> None:
+        self.values.setdefault("signals", []).append({"signal": signal.Signals(signum).name, "time": _now()})
+        self._write()
+
     def finish(self, code: int, reason: str) -> None:
         self.values.update(end=_now(), end_ts=time.time(), exit_code=code, reason=reason)
         self._write()
 
     def failure(self, code: int) -> str:
-        where = f"rank {self.values['rank']} on {self.node}"
+        where = self.where
         if code < 0:
             return f"{where}: trainer killed by {signal.Signals(-code).name}"
         detail = self.error_path.read_text().strip() if self.error_path.exists() else f"see {self.log_path}"
@@ -170,7 +187,9 @@ def stage_dataset(run, scratch: str, local_rank: int) -> str:
         staging = root / f"{source.name}.staging-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(source, staging)
-        shutil.rmtree(target, ignore_errors=True)
+        stale = root / f"{source.name}.stale-{os.getpid()}"
+        if target.exists():  # set aside, never delete in place: another job may still read it
+            target.rename(stale)
         staging.rename(target)
     deadline = time.time() + STAGING_WAIT_S
     while not staged():

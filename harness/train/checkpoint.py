@@ -25,7 +25,7 @@ def save_model(directory: Path, model: OpenLM, layout: VocabLayout, step: int, t
     directory.mkdir(parents=True, exist_ok=True)
     (directory / COMPLETE).unlink(missing_ok=True)
     payload = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().float().cpu() for k, v in model.state_dict().items()},
         "architecture": asdict(model.arch),
         "layout": asdict(layout),
         "step": step,

@@ -27,6 +27,7 @@ from harness.rundir import RunDir
 from harness.train import checkpoint
 from harness.train.losses import LossSums, count_targets, split_sums, token_losses
 from harness.train.metrics import MetricsWriter
+from harness.train.schedule import warmup_cosine
 from harness.train.sources import resolve_source
 
 
@@ -42,6 +43,10 @@ def train(run_dir: Path) -> None:
         raise RuntimeError(f"the profile expects {config.launch.gpus_per_node} GPU(s) per node; CUDA is unavailable")
     # A task may have staged the dataset to node-local scratch (launch.scratch).
     dataset = open_dataset(config.data, Path(os.environ.get("HARNESS_DATA_ROOT") or config.paths.data_root))
+    expected = run.provenance().get("data", {}).get("hash")
+    if expected and dataset.data_hash != expected:
+        raise HarnessError(f"dataset at {dataset.root} has hash {dataset.data_hash[:12]}, but this run was "
+                           f"submitted on {expected[:12]}: restore that version (dvc pull) or resubmit with --force")
     layout = dataset.layout(config.data.corpus)
     stream = _stream(config, dataset, layout, rank, world)
     source = checkpoint.load_model_file(resolve_source(config)) if config.init.strategy == "pretrained" else None
@@ -56,6 +61,7 @@ def train(run_dir: Path) -> None:
     for step in range(config.train.steps):
         step_start = time.time()
         batch = stream.batch(step)
+        lr = engine.get_lr()[0]  # the rate this step's update uses
         if ids_log is not None and batch.epoch == 0:
             ids_log.write("".join(f"{i}\n" for i in batch.sample_ids))
         sums, step_tokens = _train_step(engine, batch.tokens, config, layout, world)
@@ -65,13 +71,14 @@ def train(run_dir: Path) -> None:
             elapsed = time.time() - step_start
             metrics.write(
                 {"step": step + 1, "tokens": tokens_seen, **sums.summary(),
-                 "lr": engine.get_lr()[0], "grad_norm": _grad_norm(engine)},
+                 "lr": lr, "grad_norm": _grad_norm(engine)},
                 {"step_s": round(elapsed, 4), "tokens_per_s": round(step_tokens / max(elapsed, 1e-9), 1),
                  "elapsed_s": round(time.time() - started, 2)},
             )
     if ids_log is not None:
         ids_log.close()
     if rank == 0:
+        # ZeRO 0-2 keep whole parameters on every rank; the file is written in fp32 either way.
         checkpoint.save_model(run.checkpoints / "final", engine.module, layout, config.train.steps, tokens_seen)
     dist.barrier()
     # Tear the process group down explicitly: left to interpreter exit, gloo's threads can abort.
@@ -86,7 +93,9 @@ def _train_step(engine, tokens: torch.Tensor, config: RunConfig, layout: VocabLa
     by world * accum / global_targets makes the applied gradient that of the global token mean.
     """
     micro_batches = tokens.split(config.train.micro_batch)
-    count = torch.tensor([sum(count_targets(mb, layout) for mb in micro_batches)], dtype=torch.float64)
+    # Collectives run on the engine's device: NCCL cannot reduce CPU tensors.
+    count = torch.tensor([sum(count_targets(mb, layout) for mb in micro_batches)], dtype=torch.float64,
+                         device=engine.device)
     dist.all_reduce(count)
     global_targets = int(count.item())
     scale = world * len(micro_batches) / global_targets
@@ -99,8 +108,9 @@ def _train_step(engine, tokens: torch.Tensor, config: RunConfig, layout: VocabLa
         engine.backward((losses * keep).sum() * scale)
         engine.step()
         sums += split_sums(losses.cpu(), targets.cpu(), layout)
-    dist.all_reduce(sums.values)
-    return sums, global_targets
+    reduced = sums.values.to(engine.device)
+    dist.all_reduce(reduced)
+    return LossSums(reduced.cpu()), global_targets
 
 
 def _stream(config: RunConfig, dataset: Dataset, layout: VocabLayout, rank: int, world: int) -> RankStream:
@@ -118,7 +128,9 @@ def _engine(model: torch.nn.Module, config: RunConfig):
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=deepspeed_config(config))
+    schedule = warmup_cosine(train.steps, train.warmup_steps, train.min_lr_ratio)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=deepspeed_config(config),
+                                      lr_scheduler=schedule)
     return engine
 
 
@@ -132,9 +144,6 @@ def deepspeed_config(config: RunConfig) -> dict:
         "optimizer": {"type": "AdamW", "params": {
             "lr": train.lr, "betas": list(train.betas), "eps": 1e-8,
             "weight_decay": train.weight_decay, "torch_adam": True}},
-        "scheduler": {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": train.steps, "warmup_num_steps": train.warmup_steps,
-            "warmup_min_ratio": 0.0, "cos_min_ratio": train.min_lr_ratio, "warmup_type": "linear"}},
         "gradient_clipping": train.grad_clip,
         "zero_optimization": {"stage": train.zero_stage},
         "bf16": {"enabled": train.precision == "bf16"},
