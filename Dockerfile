@@ -46,17 +46,21 @@ RUN python3 -m venv --system-site-packages /opt/venv
 WORKDIR /opt/harness
 COPY wheels/ /tmp/wheels/
 COPY pyproject.toml README.md ./
-COPY harness/ harness/
-COPY jobs/ jobs/
 
-# DeepSpeed first, alone, so its ops compile against the final torch. The harness itself comes from
-# the build context (its version is this commit), and its dependency ranges live in pyproject.toml.
+# Dependencies first (cached while only the code changes): torch when asked, then DeepSpeed alone
+# so its ops compile against the final torch, then the ranges pyproject.toml declares.
 # hadolint ignore=DL3013
 RUN if [ -n "${PIP_CA_BUNDLE}" ]; then export PIP_CERT="${PIP_CA_BUNDLE}"; fi \
  && if [ -n "${TORCH_REQUIREMENT}" ]; then pip install --find-links /tmp/wheels "${TORCH_REQUIREMENT}"; fi \
  && pip install --find-links /tmp/wheels "deepspeed==${DEEPSPEED_VERSION}" \
- && pip install --find-links /tmp/wheels . \
- && rm -rf /tmp/wheels \
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && pip install --find-links /tmp/wheels --requirement /tmp/requirements.txt \
+ && rm -rf /tmp/wheels /tmp/requirements.txt
+
+# The harness itself, at this commit.
+COPY harness/ harness/
+COPY jobs/ jobs/
+RUN pip install --no-deps --no-build-isolation . \
  && python -c "import harness, deepspeed, torch; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__)"
 
 RUN useradd --create-home --uid 1000 harness \
