@@ -6,6 +6,7 @@
     harness status [RUN|EXPERIMENT]                      table of runs: state, step, loss, age
     harness logs RUN [-f] [--rank N]                     the latest attempt's trainer log
     harness cancel RUN|EXPERIMENT                        cancel pending/running attempts
+    harness export RUN [--step N]                        one fp32 model file from a checkpoint
     harness collect [--runs-root DIR] [--output FILE]    RESULTS.md from run directories
     harness worker RUN_DIR                               (internal) one rank of a run's job
 """
@@ -72,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--runs-root", type=Path, default=None)
     collect.add_argument("--output", type=Path, default=Path("RESULTS.md"))
     collect.set_defaults(handler=_collect)
+
+    export = commands.add_parser("export", help="consolidate a checkpoint into one fp32 model file")
+    export.add_argument("selector", help="experiment/run_id or run id")
+    export.add_argument("--step", type=int, default=None, help="default: the newest complete checkpoint")
+    export.add_argument("--runs-root", type=Path, default=None)
+    export.set_defaults(handler=_export)
 
     commands.add_parser("selftest", help="check this install: a micro forward/backward pass").set_defaults(
         handler=_selftest)
@@ -162,6 +169,17 @@ def _cancel(args: argparse.Namespace) -> int:
 
     if cancel(resolve(_runs_root(args.runs_root), args.selector)) == 0:
         print("nothing to cancel")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from harness.status import resolve
+    from harness.train.export import export
+
+    runs = resolve(_runs_root(args.runs_root), args.selector)
+    if len(runs) != 1:
+        raise HarnessError(f"'{args.selector}' matches {len(runs)} runs: {', '.join(r.name for r in runs)}")
+    print(f"wrote {export(runs[0], args.step)}")
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import yaml
 
 from harness.config import RunConfig, to_dict
+from harness.errors import CHECKPOINTED_EXIT
 
 
 RUN_ID = re.compile(r"^[0-9a-f]{10}$")
@@ -97,6 +98,16 @@ class RunDir:
                 "end": None, "exit_reason": None})
         return self.update_provenance(append)["attempts"][-1]["attempt"]
 
+    def ensure_attempt(self, attempt: int, executor: str, job_id: str) -> None:
+        """Open attempt `attempt` if it is not recorded yet (a job Slurm requeued)."""
+        def add(p: dict[str, Any]) -> None:
+            if not any(a["attempt"] == attempt for a in p["attempts"]):
+                p["attempts"].append({
+                    "attempt": attempt, "job_id": job_id, "executor": executor,
+                    "submit_host": socket.gethostname(), "submitted": _now(), "nodes": [], "start": None,
+                    "end": None, "exit_reason": None})
+        self.update_provenance(add)
+
     def set_job_id(self, attempt: int, job_id: str) -> None:
         self._update_attempt(attempt, job_id=job_id)
 
@@ -139,6 +150,8 @@ class RunDir:
     def rank_records(self, attempt: int) -> list[dict[str, Any]]:
         records = []
         for path in sorted(self.logs(attempt).glob("rank*.json")):
+            if not re.fullmatch(r"rank\d+\.json", path.name):
+                continue
             try:
                 records.append(json.loads(path.read_text()))
             except json.JSONDecodeError:
@@ -149,11 +162,16 @@ class RunDir:
         """The root cause among an attempt's rank failures, else the recorded reason. A rank ended by
         SIGTERM was usually stopped because another failed (srun --kill-on-bad-exit, scancel), so
         other failures come first; among equals, the earliest."""
-        failed = [r for r in self.rank_records(attempt) if r.get("exit_code") not in (None, 0)]
+        failed = [r for r in self.rank_records(attempt) if r.get("exit_code") not in (None, 0, CHECKPOINTED_EXIT)]
         if failed:
             return min(failed, key=lambda r: (r["exit_code"] == -signal.SIGTERM, r.get("end_ts") or 0))["reason"]
         entries = [a for a in self.attempts() if a["attempt"] == attempt]
         return entries[0].get("exit_reason") if entries else None
+
+    def failed_nodes(self, attempt: int) -> list[str]:
+        """Nodes where a rank of `attempt` failed by itself (not stopped by SIGTERM, not preempted)."""
+        stopped = (None, 0, CHECKPOINTED_EXIT, -signal.SIGTERM)
+        return sorted({r["node"] for r in self.rank_records(attempt) if r.get("exit_code") not in stopped})
 
     def state(self) -> RunState:
         if not self.config_path.exists():

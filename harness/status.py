@@ -86,7 +86,10 @@ def live_state(run: RunDir, queue: dict[str, tuple[str, str]] | None = None) -> 
     last = attempts[-1]
     reason = run.failure_reason(last["attempt"]) or ""
     if last.get("end"):
-        return ("cancelled" if last.get("exit_reason") == CANCELLED_REASON else "failed"), reason
+        ended = last.get("exit_reason") or ""
+        if ended == CANCELLED_REASON:
+            return "cancelled", reason
+        return ("preempted", ended) if ended.startswith("preempted") else ("failed", reason)
     if last.get("executor") != "slurm":
         return ("running", "") if file_state == RunState.RUNNING else ("interrupted", reason)
     job_id = str(last.get("job_id"))

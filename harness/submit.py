@@ -73,7 +73,7 @@ class Group:
 def submit(overrides: list[str], force: bool = False, dry_run: bool = False, wait: bool = False,
            out: TextIO = sys.stdout) -> list[RunDir]:
     runs = plan(overrides, log=lambda msg: print(msg, file=out, flush=True))
-    to_launch = [p for p in runs if _should_launch(p, force, dry_run, out)]
+    to_launch = [_avoid_failed_nodes(p, out) for p in runs if _should_launch(p, force, dry_run, out)]
     images = _identify_images(to_launch, out)
     if dry_run:
         _print_dry_run(to_launch, out)
@@ -107,6 +107,20 @@ def _should_launch(planned: PlannedRun, force: bool, dry_run: bool, out: TextIO)
     if state in (RunState.FAILED, RunState.INTERRUPTED) and not dry_run:
         print(f"{planned.run.name}: previous attempt {state.value}; starting a new attempt", file=out)
     return True
+
+
+def _avoid_failed_nodes(planned: PlannedRun, out: TextIO) -> PlannedRun:
+    """A failed Slurm run's new attempt excludes the nodes its ranks failed on."""
+    launch, attempts = planned.config.launch, planned.run.attempts()
+    if launch.executor != "slurm" or not launch.exclude_failed_nodes or not attempts:
+        return planned
+    nodes = planned.run.failed_nodes(attempts[-1]["attempt"])
+    if not nodes:
+        return planned
+    excluded = sorted({*filter(None, (launch.exclude or "").split(",")), *nodes})
+    print(f"{planned.run.name}: excluding node(s) {', '.join(nodes)} where the last attempt failed", file=out)
+    launch = dataclasses.replace(launch, exclude=",".join(excluded))
+    return dataclasses.replace(planned, config=dataclasses.replace(planned.config, launch=launch))
 
 
 # --- local -------------------------------------------------------------------------------------
@@ -150,6 +164,8 @@ def wait_local(planned: PlannedRun, job: submitit.Job, out: TextIO) -> None:
         attempt = run.attempts()[-1]["attempt"]
         reason = run.failure_reason(attempt) or "no reason recorded"
         raise RunFailed(f"{run.name} failed: {reason}; logs: {run.logs(attempt)}") from None
+    if not run.done_path.exists():  # preempted: checkpointed, not finished
+        raise RunFailed(f"{run.name} {run.attempts()[-1].get('exit_reason')}; logs: {job.paths.folder}")
     records = read_metrics(run.metrics_path)
     final = records[-1] if records else {"step": 0, "tokens": 0}
     print(f"{run.name}: done in {run.path}", file=out)

@@ -84,3 +84,21 @@ def test_a_done_run_is_done_whatever_the_scheduler_says(run, monkeypatch):
     assert live_state(run) == ("done", "")
 
 
+
+
+def test_a_resubmitted_failed_slurm_run_avoids_the_node_that_failed(run):
+    import io
+
+    from harness.plan import PlannedRun
+    from harness.submit import _avoid_failed_nodes
+
+    attempt = add_attempt(run, "slurm", "5")
+    logs = run.logs(attempt)
+    logs.mkdir(parents=True)
+    for rank, node, code in [(0, "n1", -15), (1, "n2", -9)]:
+        (logs / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "node": node, "exit_code": code}))
+    assert run.failed_nodes(attempt) == ["n2"]
+    config = compose_runs(["cluster=slurm_ci", "launch.exclude=n7"])[0].config
+    out = io.StringIO()
+    planned = _avoid_failed_nodes(PlannedRun(config, (), run, dataset=None), out)
+    assert planned.config.launch.exclude == "n2,n7" and "excluding node(s) n2" in out.getvalue()

@@ -43,6 +43,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("fp32", "bf16"),
     # ZeRO-3 would partition parameters; the final model file is written from whole ones on rank 0.
     "train.zero_stage": (0, 1, 2),
+    "train.preempt_signal": ("USR1", "USR2", "TERM", "INT", "HUP"),
     "launch.executor": ("local", "slurm"),
     "container.runtime": ("none", "apptainer", "docker", "podman"),
 }

@@ -73,6 +73,17 @@ class TrainConfig:
     precision: str = "fp32"
     zero_stage: int = 1
     log_every: int = 5
+    # Resumable checkpoints: every N steps and/or every M minutes (0 = off), always at the end and
+    # on preemption. Pruning keeps the last `keep_last` and every one taken at a listed token count.
+    checkpoint_every_steps: int = 0
+    checkpoint_every_min: float = 0.0
+    keep_last: int = 2
+    keep_at_tokens: list[int] = field(default_factory=list)
+    # Batches are prepared by this many DataLoader worker processes (0: in the training process).
+    loader_workers: int = 0
+    # The signal that asks for checkpoint-and-exit (Slurm sends it before the time limit).
+    preempt_signal: str = "USR2"
+    collective_timeout_min: int = 30
     # Write the sample ids each rank reads during the first epoch (small scales only).
     log_sample_ids: bool = False
 
@@ -106,6 +117,10 @@ class LaunchConfig:
     # Node-local directory to stage the dataset into before training (read many, pull once).
     scratch: Optional[str] = None
     array_parallelism: int = 64
+    # Attempts of one run (first submission included) before a preempted run stops requeueing.
+    max_attempts: int = 5
+    # Resubmitting a failed run keeps it off the nodes where a rank failed (not merely stopped).
+    exclude_failed_nodes: bool = True
     # `harness status` calls a running run stalled after this long without a metric.
     stall_after_min: int = 15
 

@@ -59,6 +59,8 @@ def slurm_parameters(launch: LaunchConfig, dependency: str | None = None) -> dic
     params.update({k: v for k, v in optional.items() if v})
     if launch.exclusive:
         params["exclusive"] = True
+    # Preempted runs checkpoint and put themselves back in the queue (scontrol requeue).
+    params["additional_parameters"] = {"requeue": True}
     if launch.setup:
         params["setup"] = list(launch.setup)
     return params

@@ -21,13 +21,13 @@ from pathlib import Path
 import submitit
 
 from harness.config import RunConfig, load_run_config
+from harness.errors import CHECKPOINTED_EXIT
 from harness.launch.container import Wrapper, container_name
 from harness.launch.environment import torch_env
 
-# Stop signals go to the trainer. Slurm's early warning before the time limit (USR1/USR2) is only
-# recorded: this trainer keeps no resumable checkpoint, so it trains on until the limit.
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-WARNING_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+# Every signal a task receives goes on to the trainer: stop signals, and the preemption warning
+# (USR2 by default) on which the trainer checkpoints and exits with CHECKPOINTED_EXIT.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 STAGING_WAIT_S = 3600
 
 
@@ -48,35 +48,42 @@ class RunTask:
 
         env = submitit.JobEnvironment()
         run = RunDir(Path(self.run_dir))
-        record = RankRecord(run.logs(self.attempt), env.global_rank, env.local_rank)
+        # A job Slurm requeued runs again with the same pickled task: count its restarts.
+        attempt = self.attempt + int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        record = RankRecord(run.logs(attempt), env.global_rank, env.local_rank)
         if env.global_rank == 0:
-            run.start_attempt(self.attempt, nodes=list(env.hostnames))
+            run.ensure_attempt(attempt, "slurm" if os.environ.get("SLURM_JOB_ID") else "local", str(env.job_id))
+            run.start_attempt(attempt, nodes=list(env.hostnames))
         try:
-            code, reason = self._run(run, env, record)
+            code, reason = self._run(run, env, record, attempt)
         except Exception as exc:  # anything before or around the trainer: record it, then fail
             code, reason = 1, f"{record.where}: {type(exc).__name__}: {exc}"
         record.finish(code, reason)
         if env.global_rank == 0:
             if code == 0:
                 run.mark_done()
-            run.end_attempt(self.attempt, reason)
-        if code != 0:
+            if code == CHECKPOINTED_EXIT:
+                reason = requeue(run, attempt, str(env.job_id))
+            run.end_attempt(attempt, reason)
+        if code not in (0, CHECKPOINTED_EXIT):
             raise TaskFailed(reason)
         return self.run_dir
 
-    def _run(self, run, env, record: "RankRecord") -> tuple[int, str]:
+    def _run(self, run, env, record: "RankRecord", attempt: int) -> tuple[int, str]:
         config = load_run_config(run.config_path)
         problem = preflight(config, env.num_tasks, env.num_nodes, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if problem:
             return 1, f"pre-flight failed on node {record.node} (rank {env.global_rank}): {problem}"
         extra_env = torch_env(str(env.job_id), env.global_rank, env.local_rank, env.num_tasks,
                               env.num_nodes, list(env.hostnames))
-        extra_env["HARNESS_ATTEMPT"] = str(self.attempt)
+        extra_env["HARNESS_ATTEMPT"] = str(attempt)
         data_root = config.paths.data_root
         if config.launch.scratch:
             data_root = extra_env["HARNESS_DATA_ROOT"] = stage_dataset(run, config.launch.scratch, env.local_rank)
         wrapper = self._wrapper(config, data_root, str(env.job_id), env.global_rank)
         code = self._run_child(extra_env, record, wrapper)
+        if code == CHECKPOINTED_EXIT:
+            return code, "preempted: checkpointed"
         return code, "completed" if code == 0 else record.failure(code)
 
     def worker_args(self, error_file: Path | None = None) -> list[str]:
@@ -105,8 +112,7 @@ class RunTask:
                                      stdout=log, stderr=subprocess.STDOUT)
             record.start(child.pid, wrapper.name if wrapper else None)
             # Signals go to the trainer (through `docker run`'s proxy and --init, or apptainer).
-            previous = {sig: signal.signal(sig, lambda s, _f: child.send_signal(s)) for sig in FORWARDED_SIGNALS}
-            previous.update({sig: signal.signal(sig, lambda s, _f: record.note_signal(s)) for sig in WARNING_SIGNALS})
+            previous = {sig: signal.signal(sig, lambda s, _f: _forward(child, record, s)) for sig in FORWARDED_SIGNALS}
             try:
                 return child.wait()
             finally:
@@ -114,6 +120,26 @@ class RunTask:
                     signal.signal(sig, handler)
                 if wrapper is not None:
                     wrapper.remove()
+
+
+def _forward(child: subprocess.Popen, record: "RankRecord", signum: int) -> None:
+    record.note_signal(signum)
+    child.send_signal(signum)
+
+
+def requeue(run, attempt: int, job_id: str) -> str:
+    """After a checkpointed exit: put the same Slurm job back in the queue (from the host, so the
+    container needs no scontrol) and open the next attempt, unless max_attempts is reached."""
+    config = load_run_config(run.config_path)
+    if not os.environ.get("SLURM_JOB_ID"):
+        return "preempted: checkpointed; resubmit to resume"
+    if attempt >= config.launch.max_attempts:
+        return f"preempted: checkpointed; not requeued (launch.max_attempts={config.launch.max_attempts})"
+    proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return f"preempted: checkpointed; requeue failed ({' '.join(proc.stderr.split())})"
+    run.ensure_attempt(attempt + 1, "slurm", job_id)
+    return "preempted: checkpointed; requeued"
 
 
 class RankRecord:

@@ -20,7 +20,7 @@ NEW_ROWS_SEED_OFFSET = 7919  # new-row draws use their own stream, apart from th
 
 
 def build_model(config: RunConfig, layout: VocabLayout, source: dict | None = None) -> OpenLM:
-    """The run's model at step 0. `source` is a loaded model file (see train.checkpoint)."""
+    """The run's model at step 0. `source` is a loaded model file (see train.model_file)."""
     arch = Architecture.from_config(config.model, layout.size)
     torch.manual_seed(config.seed)
     model = OpenLM(arch)

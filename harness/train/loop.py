@@ -1,92 +1,132 @@
 """The training loop: one process per rank, DeepSpeed as a library.
 
 Reads only the run directory's config.yaml (never composes), the dataset it names and, for a
-pre-trained init, the upstream model file. Writes metrics.jsonl and the final model (rank 0).
+pre-trained init, the upstream model file. Resumes from the newest complete checkpoint, so an
+interrupted run continues exactly where its last checkpoint left it: the data position is the step
+(batches are a pure function of it), and model, optimizer, scheduler and RNG states are restored.
+Writes metrics.jsonl (rank 0), checkpoints, and at the end the consolidated final model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import math
 import os
 import shutil
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from harness.config import RunConfig, load_run_config
-from harness.data.dataset import Dataset, open_dataset
+from harness.data.dataset import open_dataset
 from harness.data.stream import EpochOrder, RankStream
 from harness.data.vocab import VocabLayout
 from harness.errors import HarnessError
 from harness.model.init import build_model
 from harness.rundir import RunDir
-from harness.train import checkpoint
+from harness.train import checkpoints, model_file
+from harness.train.batches import step_batches
+from harness.train.export import consolidated_state_dict
 from harness.train.losses import LossSums, count_targets, split_sums, token_losses
-from harness.train.metrics import MetricsWriter
+from harness.train.metrics import MetricsWriter, truncate_after
+from harness.train.preemption import CHECKPOINTED_EXIT, StopFlag, agree
 from harness.train.schedule import warmup_cosine
 from harness.train.sources import resolve_source
+
+
+class Checkpointed(Exception):
+    """Every rank saved a checkpoint on request and stops; the host requeues the job."""
+
+
+class NonFiniteLoss(HarnessError):
+    pass
 
 
 def train(run_dir: Path) -> None:
     run = RunDir(run_dir)
     config = load_run_config(run.config_path)
+    stop = StopFlag(config.train.preempt_signal)  # before anything slow: a signal must not kill us
     _init_distributed(config)
     rank, world = dist.get_rank(), dist.get_world_size()
     _record_runtime(run, rank)
-    if world != config.world_size:
-        raise RuntimeError(f"world size {world} differs from the config's {config.world_size}")
-    if config.launch.gpus_per_node and not torch.cuda.is_available():
-        raise RuntimeError(f"the profile expects {config.launch.gpus_per_node} GPU(s) per node; CUDA is unavailable")
-    # A task may have staged the dataset to node-local scratch (launch.scratch).
+    _check_world(config, world)
     dataset = open_dataset(config.data, Path(os.environ.get("HARNESS_DATA_ROOT") or config.paths.data_root))
     expected = run.provenance().get("data", {}).get("hash")
     if expected and dataset.data_hash != expected:
         raise HarnessError(f"dataset at {dataset.root} has hash {dataset.data_hash[:12]}, but this run was "
                            f"submitted on {expected[:12]}: restore that version (dvc pull) or resubmit with --force")
     layout = dataset.layout(config.data.corpus)
-    stream = _stream(config, dataset, layout, rank, world)
-    source = checkpoint.load_model_file(resolve_source(config)) if config.init.strategy == "pretrained" else None
-    model = build_model(config, layout, source)
-    engine = _engine(model, config)
-    if rank == 0:
-        _archive_stale_metrics(run)
-    metrics = MetricsWriter(run.metrics_path) if rank == 0 else None
-    ids_log = _sample_id_log(run, config, rank)
+    entries = dataset.shard_entries(config.data.corpus, "train")
+    stream = RankStream(dataset.reader(config.data.corpus, "train"),
+                        EpochOrder([e["samples"] for e in entries], seed=config.seed), layout,
+                        config.data.seq_len, rank, world, config.train.micro_batch * config.train.grad_accum)
+    source = model_file.load_model_file(resolve_source(config)) if config.init.strategy == "pretrained" else None
+    engine = _engine(build_model(config, layout, source), config)
+    client = {"architecture": dataclasses.asdict(engine.module.arch), "layout": dataclasses.asdict(layout),
+              "zero_stage": config.train.zero_stage}
 
-    tokens_seen, started = 0, time.time()
-    for step in range(config.train.steps):
-        step_start = time.time()
-        batch = stream.batch(step)
-        lr = engine.get_lr()[0]  # the rate this step's update uses
-        if ids_log is not None and batch.epoch == 0:
-            ids_log.write("".join(f"{i}\n" for i in batch.sample_ids))
-        sums, step_tokens = _train_step(engine, batch.tokens, config, layout, world)
-        tokens_seen += step_tokens
-        last = step + 1 == config.train.steps
-        if metrics is not None and ((step + 1) % config.train.log_every == 0 or last or step == 0):
-            elapsed = time.time() - step_start
-            metrics.write(
-                {"step": step + 1, "tokens": tokens_seen, **sums.summary(),
-                 "lr": lr, "grad_norm": _grad_norm(engine)},
-                {"step_s": round(elapsed, 4), "tokens_per_s": round(step_tokens / max(elapsed, 1e-9), 1),
-                 "elapsed_s": round(time.time() - started, 2)},
-            )
-    if ids_log is not None:
-        ids_log.close()
+    log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda _msg: None)
+    start = checkpoints.resume(engine, run.checkpoints, world, log)
     if rank == 0:
-        # ZeRO 0-2 keep whole parameters on every rank; the file is written in fp32 either way.
-        checkpoint.save_model(run.checkpoints / "final", engine.module, layout, config.train.steps, tokens_seen)
+        _prepare_metrics(run, start.step)
+    _loop(run, config, engine, stream, layout, start, stop, client)
     dist.barrier()
     # Tear the process group down explicitly: left to interpreter exit, gloo's threads can abort.
     dist.destroy_process_group()
 
 
+def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream, layout: VocabLayout,
+          start: checkpoints.Resume, stop: StopFlag, client: dict) -> None:
+    train_cfg, rank, world = config.train, dist.get_rank(), dist.get_world_size()
+    metrics = MetricsWriter(run.metrics_path) if rank == 0 else None
+    ids_log = _sample_id_log(run, config, rank, start.step)
+    keep_marks = sorted(train_cfg.keep_at_tokens)
+    tokens_seen, started, last_save = start.tokens, time.time(), time.time()
+    for step, batch in step_batches(stream, start.step, train_cfg.steps, train_cfg.loader_workers):
+        step_start = time.time()
+        lr = engine.get_lr()[0]  # the rate this step's update uses
+        if ids_log is not None and batch.epoch == 0:
+            ids_log.write("".join(f"{i}\n" for i in batch.sample_ids))
+        sums, step_tokens = _train_step(engine, batch.tokens, config, layout, world, step)
+        summary = sums.summary()
+        if not math.isfinite(summary["loss"] or 0.0):
+            kept = [p.name for p in checkpoints.complete(run.checkpoints)]
+            raise NonFiniteLoss(f"non-finite loss ({summary['loss']}) at step {step + 1}; stopped without "
+                                f"saving; last good checkpoint: {kept[-1] if kept else 'none'}")
+        crossed = [t for t in keep_marks if tokens_seen < t <= tokens_seen + step_tokens]
+        tokens_seen += step_tokens
+        done = step + 1
+        if metrics is not None and (done % train_cfg.log_every == 0 or done == train_cfg.steps or step == 0):
+            elapsed = time.time() - step_start
+            metrics.write({"step": done, "tokens": tokens_seen, **summary, "lr": lr, "grad_norm": _grad_norm(engine)},
+                          {"step_s": round(elapsed, 4), "tokens_per_s": round(step_tokens / max(elapsed, 1e-9), 1),
+                           "elapsed_s": round(time.time() - started, 2)})
+        due = train_cfg.checkpoint_every_min > 0 and time.time() - last_save > 60 * train_cfg.checkpoint_every_min
+        preempt, due = agree([stop.check(done), due], engine.device)
+        periodic = train_cfg.checkpoint_every_steps > 0 and done % train_cfg.checkpoint_every_steps == 0
+        if preempt or due or periodic or crossed or done == train_cfg.steps:
+            checkpoints.save(engine, run.checkpoints, done, tokens_seen, client, keep=bool(crossed))
+            last_save = time.time()
+            if rank == 0:
+                checkpoints.prune(run.checkpoints, train_cfg.keep_last)
+        if preempt and done < train_cfg.steps:
+            raise Checkpointed(f"checkpointed at step {done} on request")
+    if ids_log is not None:
+        ids_log.close()
+    if rank == 0:
+        final = checkpoints.complete(run.checkpoints)[-1]
+        model_file.save_model_file(run.checkpoints / "final", consolidated_state_dict(final),
+                                   client["architecture"], client["layout"], train_cfg.steps, tokens_seen)
+
+
 def _train_step(engine, tokens: torch.Tensor, config: RunConfig, layout: VocabLayout,
-                world: int) -> tuple[LossSums, int]:
+                world: int, step: int) -> tuple[LossSums, int]:
     """One optimizer step over grad_accum micro-batches, weighted by the global count of targets.
 
     DeepSpeed averages gradients over ranks and micro-steps; scaling each micro-batch's summed loss
@@ -99,11 +139,12 @@ def _train_step(engine, tokens: torch.Tensor, config: RunConfig, layout: VocabLa
     dist.all_reduce(count)
     global_targets = int(count.item())
     scale = world * len(micro_batches) / global_targets
+    poison = _injected_nan(step)
     sums = LossSums.zero()
     for micro in micro_batches:
         micro = micro.to(engine.device)
         inputs, targets = micro[:, :-1], micro[:, 1:]
-        losses = token_losses(engine(inputs), targets)
+        losses = token_losses(engine(inputs), targets) * poison
         keep = targets != layout.pad
         engine.backward((losses * keep).sum() * scale)
         engine.step()
@@ -113,12 +154,9 @@ def _train_step(engine, tokens: torch.Tensor, config: RunConfig, layout: VocabLa
     return LossSums(reduced.cpu()), global_targets
 
 
-def _stream(config: RunConfig, dataset: Dataset, layout: VocabLayout, rank: int, world: int) -> RankStream:
-    corpus = config.data.corpus
-    entries = dataset.shard_entries(corpus, "train")
-    order = EpochOrder([e["samples"] for e in entries], seed=config.seed)
-    local_batch = config.train.micro_batch * config.train.grad_accum
-    return RankStream(dataset.reader(corpus, "train"), order, layout, config.data.seq_len, rank, world, local_batch)
+def _injected_nan(step: int) -> float:
+    """HARNESS_INJECT_NAN_AT_STEP=<n> poisons step n's loss: the failure path's test hook."""
+    return math.nan if os.environ.get("HARNESS_INJECT_NAN_AT_STEP") == str(step + 1) else 1.0
 
 
 def _engine(model: torch.nn.Module, config: RunConfig):
@@ -160,8 +198,17 @@ def _init_distributed(config: RunConfig) -> None:
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     import deepspeed
 
+    # A timeout bounds how long ranks wait for a dead peer inside a collective.
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                               auto_mpi_discovery=False)
+                               auto_mpi_discovery=False,
+                               timeout=timedelta(minutes=config.train.collective_timeout_min))
+
+
+def _check_world(config: RunConfig, world: int) -> None:
+    if world != config.world_size:
+        raise RuntimeError(f"world size {world} differs from the config's {config.world_size}")
+    if config.launch.gpus_per_node and not torch.cuda.is_available():
+        raise RuntimeError(f"the profile expects {config.launch.gpus_per_node} GPU(s) per node; CUDA is unavailable")
 
 
 def _grad_norm(engine) -> float | None:
@@ -169,16 +216,21 @@ def _grad_norm(engine) -> float | None:
     return None if norm is None else float(norm)
 
 
-def _archive_stale_metrics(run: RunDir) -> None:
-    """A fresh start keeps a failed attempt's metrics, moved beside that attempt's logs."""
-    if run.metrics_path.exists():
-        target = run.logs(max(_attempt(run) - 1, 0))
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(run.metrics_path), target / "metrics.jsonl")
-
-
 def _attempt(run: RunDir) -> int:
     return int(os.environ.get("HARNESS_ATTEMPT") or len(run.attempts()) or 1)
+
+
+def _prepare_metrics(run: RunDir, resumed_step: int) -> None:
+    """Resuming at step s drops lines after s (they are replayed); a fresh start keeps a previous
+    attempt's lines beside that attempt's logs."""
+    if not run.metrics_path.exists():
+        return
+    if resumed_step:
+        truncate_after(run.metrics_path, resumed_step)
+        return
+    target = run.logs(max(_attempt(run) - 1, 0))
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(run.metrics_path), target / "metrics.jsonl")
 
 
 def _record_runtime(run: RunDir, rank: int) -> None:
@@ -187,12 +239,13 @@ def _record_runtime(run: RunDir, rank: int) -> None:
               "containerenv": Path("/run/.containerenv").exists(),
               "apptainer": os.environ.get("APPTAINER_CONTAINER"), "python": sys.executable,
               "harness": str(Path(__file__).resolve().parents[2]), "torch": torch.__version__}
-    path = run.logs(_attempt(run)) / f"rank{rank}.runtime.json"
+    path = run.logs(_attempt(run)) / f"runtime.rank{rank}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(inside) + "\n")
 
 
-def _sample_id_log(run: RunDir, config: RunConfig, rank: int):
+def _sample_id_log(run: RunDir, config: RunConfig, rank: int, start_step: int):
+    """Sample ids this rank reads during epoch 0 in this attempt (small scales: a checkable log)."""
     if not config.train.log_sample_ids:
         return None
     path = run.logs(_attempt(run)) / f"sample_ids.rank{rank}.txt"
@@ -204,6 +257,9 @@ def main(run_dir: str, error_file: str | None = None) -> int:
     """Run one rank; on failure leave a one-line reason where the host-side task can read it."""
     try:
         train(Path(run_dir))
+    except Checkpointed as exc:
+        print(f"trainer: {exc}; exiting for requeue", file=sys.stderr, flush=True)
+        return CHECKPOINTED_EXIT
     except Exception as exc:
         reason = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
         reason = " ".join(reason.split())
@@ -212,5 +268,3 @@ def main(run_dir: str, error_file: str | None = None) -> int:
             Path(error_file).write_text(reason + "\n")
         raise
     return 0
-
-

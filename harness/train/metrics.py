@@ -7,6 +7,7 @@ Result fields (step, tokens, loss, loss_text, loss_image, lr, grad_norm) are kep
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +22,14 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps({**record, TIMING_KEY: timing}) + "\n")
             f.flush()
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Keep only lines up to `step` (a resumed run replays the rest); atomic."""
+    kept = [json.dumps(r) for r in read_metrics(path) if r.get("step", 0) <= step]
+    partial = path.with_suffix(".jsonl.partial")
+    partial.write_text("".join(line + "\n" for line in kept))
+    os.replace(partial, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

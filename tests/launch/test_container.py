@@ -146,7 +146,7 @@ def test_a_containerized_slurm_run_matches_the_host_run(docker_image, slurm_clus
                               capture_output=True, text=True).stdout.strip()
     assert provenance["image"]["id"] == image_id
     for rank in (0, 1):
-        inside = json.loads((run.logs(1) / f"rank{rank}.runtime.json").read_text())
+        inside = json.loads((run.logs(1) / f"runtime.rank{rank}.json").read_text())
         assert inside["dockerenv"] and inside["container"] == f"docker:{docker_image}"
         assert inside["harness"].startswith(str(runs_root / ".code"))
     _, host_run, _ = local_micro_run

@@ -122,3 +122,34 @@ def test_sbatch_refusals_exit_2_with_sbatchs_message_and_leave_no_run(slurm_clus
         assert result.returncode == 2, result.stdout + result.stderr
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert find_runs(runs_root) == [] and not (runs_root / "random_init").exists()
+
+
+def test_usr2_checkpoints_requeues_and_resumes_to_the_same_result(slurm_cluster, tmp_path, data_root):
+    steps = ("train.steps=400", "train.log_every=10", "train.checkpoint_every_steps=100")
+    reference_root = tmp_path / "local"
+    local = run_cli("submit", "experiment=random_init", *micro_args(reference_root, data_root), *steps)
+    assert local.returncode == 0, local.stderr
+
+    runs_root = tmp_path / "runs"
+    result = run_cli("submit", *slurm_args(runs_root, data_root, "experiment=random_init", *steps))
+    assert result.returncode == 0, result.stderr
+    (run,) = find_runs(runs_root)
+    job = job_id(run.path)
+    wait_until(lambda: read_metrics(run.metrics_path), 120, "training to start")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+
+    def held_or_done() -> bool:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout
+        if "PENDING" in out:  # a requeued job is held ~120 s (BeginTime): release it now
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        return run.done_path.exists()
+
+    wait_until(held_or_done, 300, "the requeued job to finish", poll_s=1)
+    attempts = run.attempts()
+    assert len(attempts) == 2 and attempts[0]["exit_reason"] == "preempted: checkpointed; requeued"
+    assert attempts[1]["exit_reason"] == "completed" and attempts[1]["job_id"] == attempts[0]["job_id"]
+    resumed = (run.logs(2) / "rank0.log").read_text()
+    assert "resumed from step" in resumed
+    assert rank_record(run.path, 0)["code"] == json.loads((run.logs(2) / "rank0.json").read_text())["code"]
+    (reference,) = find_runs(reference_root)
+    assert without_timing(read_metrics(run.metrics_path)) == without_timing(read_metrics(reference.metrics_path))

@@ -7,27 +7,26 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.data.vocab import VocabLayout
 from harness.errors import HarnessError
-from harness.model.open_lm import OpenLM
 
 MODEL_FILE = "model.pt"
 COMPLETE = "COMPLETE"
 
 
-def save_model(directory: Path, model: OpenLM, layout: VocabLayout, step: int, tokens: int) -> None:
+def save_model_file(directory: Path, state_dict: dict[str, torch.Tensor], architecture: dict[str, Any],
+                    layout: dict[str, Any], step: int, tokens: int) -> Path:
+    """Write `model.pt` (fp32) and then the COMPLETE marker; returns the model file's path."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / COMPLETE).unlink(missing_ok=True)
     payload = {
-        "state_dict": {k: v.detach().float().cpu() for k, v in model.state_dict().items()},
-        "architecture": asdict(model.arch),
-        "layout": asdict(layout),
+        "state_dict": {k: v.detach().float().cpu() for k, v in state_dict.items()},
+        "architecture": architecture,
+        "layout": layout,
         "step": step,
         "tokens": tokens,
     }
@@ -35,6 +34,7 @@ def save_model(directory: Path, model: OpenLM, layout: VocabLayout, step: int, t
     torch.save(payload, partial)
     os.replace(partial, directory / MODEL_FILE)
     (directory / COMPLETE).write_text(f"step {step} tokens {tokens}\n")
+    return directory / MODEL_FILE
 
 
 def load_model_file(path: Path) -> dict[str, Any]:
