@@ -6,7 +6,8 @@
     harness status [RUN|EXPERIMENT]                      table of runs: state, step, loss, age
     harness logs RUN [-f] [--rank N]                     the latest attempt's trainer log
     harness cancel RUN|EXPERIMENT                        cancel pending/running attempts
-    harness export RUN [--step N]                        one fp32 model file from a checkpoint
+    harness export RUN [--step N] [--output DIR]         one fp32 model file from a checkpoint
+    harness data build KEY=VALUE ...                     build (once) the synthetic dataset selected
     harness collect [--runs-root DIR] [--output FILE]    RESULTS.md from run directories
     harness worker RUN_DIR                               (internal) one rank of a run's job
 """
@@ -74,10 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--output", type=Path, default=Path("RESULTS.md"))
     collect.set_defaults(handler=_collect)
 
+    data = commands.add_parser("data", help="datasets: build the synthetic ones")
+    data.add_argument("action", choices=["build"])
+    data.add_argument("overrides", nargs="*", help="e.g. scale=micro (selects data=...)")
+    data.set_defaults(handler=_data)
+
     export = commands.add_parser("export", help="consolidate a checkpoint into one fp32 model file")
     export.add_argument("selector", help="experiment/run_id or run id")
     export.add_argument("--step", type=int, default=None, help="default: the newest complete checkpoint")
     export.add_argument("--runs-root", type=Path, default=None)
+    export.add_argument("--output", type=Path, default=None,
+                        help="directory for model.pt (default: the run's checkpoints/export-step<N>/); "
+                             "e.g. data/checkpoints/<name> to version it with DVC")
     export.set_defaults(handler=_export)
 
     commands.add_parser("selftest", help="check this install: a micro forward/backward pass").set_defaults(
@@ -172,6 +181,17 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from harness.config import compose_runs
+    from harness.data.dataset import ensure_dataset
+
+    for composed in compose_runs(args.overrides):
+        config = composed.config
+        dataset = ensure_dataset(config.data, Path(config.paths.data_root))
+        print(f"{dataset.root}: data hash {dataset.data_hash}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from harness.status import resolve
     from harness.train.export import export
@@ -179,7 +199,7 @@ def _export(args: argparse.Namespace) -> int:
     runs = resolve(_runs_root(args.runs_root), args.selector)
     if len(runs) != 1:
         raise HarnessError(f"'{args.selector}' matches {len(runs)} runs: {', '.join(r.name for r in runs)}")
-    print(f"wrote {export(runs[0], args.step)}")
+    print(f"wrote {export(runs[0], args.step, args.output)}")
     return 0
 
 

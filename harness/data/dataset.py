@@ -69,17 +69,51 @@ def open_dataset(config: DataConfig, data_root: Path) -> Dataset:
 
 
 def ensure_dataset(config: DataConfig, data_root: Path, log=print) -> Dataset:
-    """Open the dataset, building it first if it is synthetic and not yet built."""
+    """Open the dataset, building it first if it is synthetic and not yet built, and check every
+    shard against its manifest (unchanged files are not re-hashed: see verify_shards)."""
     root = dataset_dir(config, data_root)
     if config.kind == "synthetic" and not (root / shards.MANIFEST).exists():
         log(f"building synthetic dataset '{config.name}' at {root} (once; cached)")
         build_synthetic(config, root)
-    return open_dataset(config, data_root)
+    dataset = open_dataset(config, data_root)
+    verify_shards(dataset)
+    return dataset
+
+
+def verify_shards(dataset: Dataset) -> None:
+    """Every shard's sha256 must equal the manifest's. A file whose (size, mtime) was already
+    verified for this manifest is not read again; the record lives in the user's cache directory,
+    never in the (DVC-tracked) dataset directory."""
+    cache_file = _verified_cache() / f"{dataset.data_hash}.json"
+    try:
+        verified = json.loads(cache_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        verified = {}
+    for corpus, splits in dataset.manifest["corpora"].items():
+        for entries in splits.values():
+            for entry in entries:
+                path = dataset.root / corpus / entry["file"]
+                if not path.exists():
+                    raise HarnessError(f"{path} is missing: restore it with `dvc pull data.dvc`")
+                stat = path.stat()
+                key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
+                if verified.get(key) == stamp:
+                    continue
+                if shards.file_sha256(path) != entry["sha256"]:
+                    raise HarnessError(f"{path}: sha256 differs from {dataset.root / shards.MANIFEST}: modified "
+                                       "after it was versioned (restore it with `dvc pull data.dvc`)")
+                verified[key] = stamp
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text(json.dumps(verified))
+
+
+def _verified_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness" / "verified"
 
 
 def restore_command(config: DataConfig) -> str:
-    return ("restore it with `dvc pull data.dvc`, or produce it with "
-            f"`harness submit experiment=tokenize data={config.name}`")
+    return ("restore it with `dvc pull data.dvc` (the tokenize job that produces it from raw "
+            "shards is not part of this harness yet)")
 
 
 def build_synthetic(config: DataConfig, root: Path) -> None:

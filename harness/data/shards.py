@@ -120,7 +120,7 @@ class ShardReader:
             self.cache.move_to_end(index)
             return self.cache[index]
         entry = self.shards[index]
-        samples = list(read_shard(self.directory / entry["file"]))
+        samples = list(read_shard(self.directory / entry["file"], entry.get("sha256")))
         if len(samples) != entry["samples"]:
             raise ManifestError(
                 f"{self.directory / entry['file']}: {len(samples)} samples, manifest says {entry['samples']}"
@@ -131,10 +131,18 @@ class ShardReader:
         return samples
 
 
-def read_shard(path: Path) -> Iterator[Sample]:
-    """Samples of one shard in stored order. A truncated or corrupt shard raises naming the file."""
+def read_shard(path: Path, sha256: str | None = None) -> Iterator[Sample]:
+    """Samples of one shard in stored order. A truncated, corrupt or (given its manifest sha256)
+    modified shard raises naming the file, before any of its samples is used."""
     try:
-        with tarfile.open(path) as tar:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path}: unreadable shard ({exc})") from None
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ManifestError(f"{path}: sha256 differs from the manifest: modified after it was versioned "
+                            "(restore it with `dvc pull`, or rebuild the dataset)")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
             groups: OrderedDict[str, dict[str, bytes]] = OrderedDict()
             for member in tar:
                 key, _, field = member.name.partition(".")
