@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.schema import ContainerConfig
+from harness.data.shards import file_sha256
 from harness.errors import HarnessError
 
 GIT_SHA_LABEL = "harness.git_sha"
@@ -24,7 +24,7 @@ def identify(container: ContainerConfig) -> dict[str, Any] | None:
         path = Path(image)
         if not path.is_file():
             raise HarnessError(f"container.image={image}: no such SIF file (build it: see README, Containers)")
-        return {"runtime": runtime, "ref": str(path.resolve()), "id": f"sha256:{_file_sha256(path)}", "labels": {}}
+        return {"runtime": runtime, "ref": str(path.resolve()), "id": f"sha256:{file_sha256(path)}", "labels": {}}
     if shutil.which(runtime) is None:
         raise HarnessError(f"container.runtime={runtime}: `{runtime}` is not installed on this host")
     proc = subprocess.run([runtime, "image", "inspect", image], capture_output=True, text=True, timeout=60)
@@ -47,10 +47,3 @@ def git_sha_mismatch(image: dict[str, Any] | None, code_sha: str | None) -> str 
                 f"{code_sha[:12]}; the run imports its own code snapshot, the image provides the environment")
     return None
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
