@@ -127,22 +127,29 @@ def test_pretrained_runs_its_pretrain_text_dependency_first(tmp_path, data_root)
     assert (upstream / "DONE").exists() and (downstream / "DONE").exists()
 
 
-def test_a_failed_run_names_the_problem_and_a_resubmit_is_a_new_attempt(tmp_path, data_root):
+def test_a_failed_run_names_the_problem_and_a_resubmit_is_a_new_attempt(tmp_path, data_root, monkeypatch):
+    runs_root = tmp_path / "runs"
+    monkeypatch.setenv("HARNESS_INJECT_NAN_AT_STEP", "3")  # the trainer fails mid-run
+    failed = run_cli("submit", *micro_args(runs_root, data_root))
+    assert failed.returncode == 1
+    assert "non-finite loss (nan) at step 3" in failed.stderr and failed.stderr.count("\n") == 1
+
+    monkeypatch.delenv("HARNESS_INJECT_NAN_AT_STEP")
+    again = run_cli("submit", *micro_args(runs_root, data_root))
+    assert again.returncode == 0, again.stderr
+    assert "previous attempt failed; starting a new attempt" in again.stdout
+    (run_dir,) = (runs_root / "random_init").iterdir()
+    attempts = json.loads((run_dir / "provenance.json").read_text())["attempts"]
+    assert "non-finite loss" in attempts[0]["exit_reason"] and attempts[1]["exit_reason"] == "completed"
+    assert (run_dir / "logs" / "1" / "metrics.jsonl").exists()  # the failed attempt's lines, kept apart
+
+
+def test_a_corrupt_shard_is_refused_at_submit(tmp_path, data_root):
     import shutil
 
     broken_root, runs_root = tmp_path / "data", tmp_path / "runs"
     shutil.copytree(data_root, broken_root)
     (shard,) = broken_root.glob("micro-*/captions/train-000001.tar")
-    good = shard.read_bytes()
-    shard.write_bytes(good[:2000])
-    failed = run_cli("submit", *micro_args(runs_root, broken_root))
-    assert failed.returncode == 1
-    assert f"unreadable shard" in failed.stderr and str(shard) in failed.stderr
-
-    shard.write_bytes(good)
-    again = run_cli("submit", *micro_args(runs_root, broken_root))
-    assert again.returncode == 0, again.stderr
-    assert "previous attempt failed; starting a new attempt" in again.stdout
-    (run_dir,) = (runs_root / "random_init").iterdir()
-    attempts = json.loads((run_dir / "provenance.json").read_text())["attempts"]
-    assert "unreadable shard" in attempts[0]["exit_reason"] and attempts[1]["exit_reason"] == "completed"
+    shard.write_bytes(shard.read_bytes()[:2000])
+    result = run_cli("submit", *micro_args(runs_root, broken_root))
+    assert result.returncode == 2 and str(shard) in result.stderr and not runs_root.exists()

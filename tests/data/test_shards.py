@@ -62,3 +62,13 @@ def test_a_shard_that_disagrees_with_the_manifest_is_refused(tmp_path):
     entries[0]["samples"] = 5
     with pytest.raises(ManifestError, match="4 samples, manifest says 5"):
         ShardReader(tmp_path, entries).sample(0, 0)
+
+
+def test_the_reader_refuses_a_shard_whose_bytes_differ_from_the_manifest(tmp_path):
+    entries = shards.write_shards(make_samples(4), tmp_path, "train", 4)
+    path = tmp_path / entries[0]["file"]
+    raw = bytearray(path.read_bytes())
+    raw[600] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ManifestError, match="sha256 differs from the manifest"):
+        ShardReader(tmp_path, entries).sample(0, 0)
