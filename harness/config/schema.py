@@ -24,6 +24,8 @@ class ModelConfig:
     positional: str = "rotary"
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    # Recompute each layer's activations in the backward pass: memory for compute (paper scale).
+    activation_checkpointing: bool = False
 
 
 @dataclass

@@ -51,8 +51,10 @@ def copy_pretrained(model: OpenLM, source: dict, layout: VocabLayout, new_row_st
 
 
 def _check_compatible(arch: Architecture, source: Architecture, layout: VocabLayout) -> None:
-    mine = {k: v for k, v in asdict(arch).items() if k not in ("vocab_size", "init_std")}
-    theirs = {k: v for k, v in asdict(source).items() if k not in ("vocab_size", "init_std")}
+    # Only what shapes or computes the function must agree; init and memory settings may differ.
+    free = ("vocab_size", "init_std", "activation_checkpointing")
+    mine = {k: v for k, v in asdict(arch).items() if k not in free}
+    theirs = {k: v for k, v in asdict(source).items() if k not in free}
     differ = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
     if differ:
         raise ValueError(f"pre-trained model architecture differs (source, this run): {differ}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from harness.config.schema import ModelConfig
 
@@ -29,12 +30,13 @@ class Architecture:
     positional: str
     norm_eps: float
     init_std: float
+    activation_checkpointing: bool = False
 
     @classmethod
     def from_config(cls, config: ModelConfig, vocab_size: int) -> "Architecture":
         hidden = config.ffn_hidden or swiglu_hidden(config.d_model)
         return cls(config.d_model, config.n_layers, config.n_heads, hidden, vocab_size,
-                   config.positional, config.norm_eps, config.init_std)
+                   config.positional, config.norm_eps, config.init_std, config.activation_checkpointing)
 
 
 def swiglu_hidden(d_model: int) -> int:
@@ -134,6 +136,7 @@ class OpenLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.tok_embeddings(tokens)
+        recompute = self.arch.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x)
+            x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
         return self.output(self.norm(x))

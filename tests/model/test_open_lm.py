@@ -54,3 +54,19 @@ def test_head_rotary_ignores_position_beyond_the_causal_mask():
     plain.load_state_dict({k: v for k, v in head.state_dict().items() if "inv_freq" not in k})
     tokens = torch.randint(0, 30, (2, 7))
     torch.testing.assert_close(head(tokens), plain(tokens))
+
+
+def test_activation_checkpointing_changes_memory_not_results():
+    kwargs = dict(d_model=16, n_layers=3, n_heads=2, ffn_hidden=32, vocab_size=30, positional="rotary",
+                  norm_eps=1e-5, init_std=0.2)
+    torch.manual_seed(0)
+    plain = OpenLM(Architecture(**kwargs))
+    recomputed = OpenLM(Architecture(**kwargs, activation_checkpointing=True))
+    recomputed.load_state_dict(plain.state_dict())
+    tokens = torch.randint(0, 30, (2, 9))
+    grads = []
+    for model in (plain, recomputed):
+        loss = model(tokens).logsumexp(-1).mean()
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
