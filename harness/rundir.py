@@ -120,6 +120,10 @@ class RunDir:
         failure it causes)."""
         self._update_attempt(attempt, only_open=True, end=_now(), exit_reason=exit_reason)
 
+    def reopen_attempt(self, attempt: int) -> None:
+        """Undo end_attempt when the cancel it recorded could not be carried out."""
+        self._update_attempt(attempt, end=None, exit_reason=None)
+
     def _update_attempt(self, attempt: int, only_open: bool = False, **fields: Any) -> None:
         def change(p: dict[str, Any]) -> None:
             for entry in p["attempts"]:

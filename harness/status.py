@@ -144,13 +144,19 @@ def cancel(runs: list[RunDir], out: TextIO = sys.stdout) -> int:
             continue
         last = attempts[-1]
         job_id = str(last.get("job_id"))
-        if last.get("executor") == "slurm":
-            error = slurm.scancel([job_id])
-            if error:
-                raise HarnessError(f"scancel {job_id} failed: {error}")
-        else:
-            _cancel_local(last)
+        # Recorded before the signal: the trainer's own ending (killed by SIGTERM) races the cancel,
+        # and the first ending recorded wins.
         run.end_attempt(last["attempt"], CANCELLED_REASON)
+        try:
+            if last.get("executor") == "slurm":
+                error = slurm.scancel([job_id])
+                if error:
+                    raise HarnessError(f"scancel {job_id} failed: {error}")
+            else:
+                _cancel_local(last)
+        except HarnessError:
+            run.reopen_attempt(last["attempt"])
+            raise
         print(f"{run.name}: cancelled (job {job_id})", file=out)
         cancelled += 1
     return cancelled
