@@ -155,6 +155,15 @@ def _runs_root(given: Path | None) -> Path:
     return Path(chosen[-1] if chosen else "runs")
 
 
+def _one_run(args: argparse.Namespace):
+    from harness.status import resolve
+
+    runs = resolve(_runs_root(args.runs_root), args.selector)
+    if len(runs) != 1:
+        raise HarnessError(f"'{args.selector}' matches {len(runs)} runs: {', '.join(r.name for r in runs)}")
+    return runs[0]
+
+
 def _status(args: argparse.Namespace) -> int:
     from harness.status import render_table, resolve, status_rows
 
@@ -164,12 +173,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from harness.status import resolve, show_logs
+    from harness.status import show_logs
 
-    runs = resolve(_runs_root(args.runs_root), args.selector)
-    if len(runs) != 1:
-        raise HarnessError(f"'{args.selector}' matches {len(runs)} runs: {', '.join(r.name for r in runs)}")
-    show_logs(runs[0], args.rank, args.follow)
+    show_logs(_one_run(args), args.rank, args.follow)
     return 0
 
 
@@ -193,13 +199,9 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from harness.status import resolve
     from harness.train.export import export
 
-    runs = resolve(_runs_root(args.runs_root), args.selector)
-    if len(runs) != 1:
-        raise HarnessError(f"'{args.selector}' matches {len(runs)} runs: {', '.join(r.name for r in runs)}")
-    print(f"wrote {export(runs[0], args.step, args.output)}")
+    print(f"wrote {export(_one_run(args), args.step, args.output)}")
     return 0
 
 

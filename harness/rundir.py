@@ -92,20 +92,14 @@ class RunDir:
     def add_attempt(self, executor: str) -> int:
         """Recorded by the submitter just before submitting; returns the attempt number."""
         def append(p: dict[str, Any]) -> None:
-            p["attempts"].append({
-                "attempt": len(p["attempts"]) + 1, "job_id": None, "executor": executor,
-                "submit_host": socket.gethostname(), "submitted": _now(), "nodes": [], "start": None,
-                "end": None, "exit_reason": None})
+            p["attempts"].append(_new_attempt(len(p["attempts"]) + 1, executor, None))
         return self.update_provenance(append)["attempts"][-1]["attempt"]
 
     def ensure_attempt(self, attempt: int, executor: str, job_id: str) -> None:
         """Open attempt `attempt` if it is not recorded yet (a job Slurm requeued)."""
         def add(p: dict[str, Any]) -> None:
             if not any(a["attempt"] == attempt for a in p["attempts"]):
-                p["attempts"].append({
-                    "attempt": attempt, "job_id": job_id, "executor": executor,
-                    "submit_host": socket.gethostname(), "submitted": _now(), "nodes": [], "start": None,
-                    "end": None, "exit_reason": None})
+                p["attempts"].append(_new_attempt(attempt, executor, job_id))
         self.update_provenance(add)
 
     def set_job_id(self, attempt: int, job_id: str) -> None:
@@ -217,6 +211,11 @@ def find_runs(runs_root: Path) -> list[RunDir]:
         return []
     return [RunDir(p) for p in sorted(runs_root.glob("*/*"))
             if p.is_dir() and RUN_ID.match(p.name) and (p / "config.yaml").exists()]
+
+
+def _new_attempt(number: int, executor: str, job_id: str | None) -> dict[str, Any]:
+    return {"attempt": number, "job_id": job_id, "executor": executor, "submit_host": socket.gethostname(),
+            "submitted": _now(), "nodes": [], "start": None, "end": None, "exit_reason": None}
 
 
 def _now() -> str:

@@ -28,14 +28,14 @@ import submitit
 from harness.errors import HarnessError
 from harness.launch import snapshot
 from harness.launch.executor import make_executor, render_sbatch, submit_all
+from harness.launch.image import git_sha_mismatch, identify
 from harness.launch.task import RunTask
 from harness.plan import PlannedRun, plan
-from harness.launch.image import git_sha_mismatch, identify
 from harness.provenance import code_snapshot_id, git_state, submit_provenance
 from harness.rundir import RunDir, RunState
-from harness.train.sources import is_run_reference
 from harness.status import wait_for
 from harness.train.metrics import read_metrics
+from harness.train.sources import is_run_reference
 
 POLL_S = 1.0
 SLURM_FOLDER = ".slurm"
@@ -68,6 +68,11 @@ class Group:
         names = ",".join(f"{p.run.name}#{a}" for p, a in zip(self.runs, attempts))
         digest = hashlib.sha256(names.encode()).hexdigest()[:10]
         return self.runs_root / SLURM_FOLDER / f"{self.runs[0].config.experiment}-{digest}"
+
+    def executor(self, attempts: list[int], code: Path) -> submitit.Executor:
+        """The one executor (and sbatch script) of this group: for a real submit and --dry-run alike."""
+        return make_executor(self.launch, self.folder(attempts), name=self.job_name,
+                             python=snapshot.python_command(code), dependency=self.dependency)
 
 
 def submit(overrides: list[str], force: bool = False, dry_run: bool = False, wait: bool = False,
@@ -237,8 +242,7 @@ def _submit_group(group: Group, force: bool, images: dict, out: TextIO) -> dict[
     try:
         if len(set(codes)) != 1:
             raise HarnessError("runs of one array must share a code snapshot; submit them separately")
-        executor = make_executor(group.launch, folder, name=group.job_name,
-                                 python=snapshot.python_command(codes[0]), dependency=group.dependency)
+        executor = group.executor(attempts, codes[0])
         script = render_sbatch(executor, len(group.runs))
         jobs = submit_all(executor, [RunTask(str(p.run.path), a) for p, a in zip(group.runs, attempts)])
     except BaseException:
@@ -313,9 +317,7 @@ def _print_dry_run(runs: list[PlannedRun], out: TextIO) -> None:
     _plan_groups([p for p in runs if p.config.launch.executor != "local"], {}, emit=groups.append)
     for group in groups:
         attempts = [len(p.run.attempts()) + 1 for p in group.runs]
-        code = snapshot.snapshot_dir(group.runs_root, code_snapshot_id())
-        executor = make_executor(group.launch, group.folder(attempts), name=group.job_name,
-                                 python=snapshot.python_command(code), dependency=group.dependency)
+        executor = group.executor(attempts, snapshot.snapshot_dir(group.runs_root, code_snapshot_id()))
         print(f"# sbatch ({len(group.runs)} run(s); array index -> run directory)", file=out)
         for index, planned in enumerate(group.runs):
             print(f"#   {index}: {planned.run.path}", file=out)
