@@ -8,6 +8,7 @@
     harness cancel RUN|EXPERIMENT                        cancel pending/running attempts
     harness export RUN [--step N] [--output DIR]         one fp32 model file from a checkpoint
     harness data build KEY=VALUE ...                     build (once) the synthetic dataset selected
+    harness data raw KEY=VALUE ...                       make raw image-caption shards (download/shapes)
     harness collect [--runs-root DIR] [--output FILE]    RESULTS.md from run directories
     harness worker RUN_DIR                               (internal) one rank of a run's job
 """
@@ -75,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--output", type=Path, default=Path("RESULTS.md"))
     collect.set_defaults(handler=_collect)
 
-    data = commands.add_parser("data", help="datasets: build the synthetic ones")
-    data.add_argument("action", choices=["build"])
+    data = commands.add_parser("data", help="datasets: build the synthetic ones, make raw shards")
+    data.add_argument("action", choices=["build", "raw"])
     data.add_argument("overrides", nargs="*", help="e.g. scale=micro (selects data=...)")
     data.set_defaults(handler=_data)
 
@@ -94,7 +95,6 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("run_dir")
-    worker.add_argument("--job", default="train", choices=["train"])
     worker.add_argument("--error-file", help="where to write a one-line failure reason")
     worker.set_defaults(handler=_worker)
     return parser
@@ -193,6 +193,11 @@ def _data(args: argparse.Namespace) -> int:
 
     for composed in compose_runs(args.overrides):
         config = composed.config
+        if args.action == "raw":
+            from harness.data.tokenize import make_raw
+
+            make_raw(config.data, Path(config.paths.data_root))
+            continue
         dataset = ensure_dataset(config.data, Path(config.paths.data_root))
         print(f"{dataset.root}: data hash {dataset.data_hash}")
     return 0
@@ -213,6 +218,13 @@ def _selftest(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from harness.config import load_run_config
+    from harness.rundir import RunDir
+
+    if load_run_config(RunDir(Path(args.run_dir)).config_path).job == "tokenize":
+        from harness.data.tokenize import main as tokenize_main
+
+        return tokenize_main(args.run_dir, args.error_file)
     from harness.train.loop import main as train_main
 
     return train_main(args.run_dir, args.error_file)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import ComposedRun, RunConfig, compose_runs, list_experiments, run_id_of
-from harness.data.dataset import Dataset, describe, ensure_dataset
+from harness.data.dataset import dataset_dir, describe, ensure_dataset
+from harness.data.tokenize import raw_fingerprint, shard_tasks
 from harness.errors import HarnessError
 from harness.rundir import RunDir, RunState
 from harness.train.sources import is_run_reference
@@ -28,7 +29,7 @@ class PlannedRun:
     config: RunConfig
     overrides: tuple[str, ...]
     run: RunDir
-    dataset: Dataset
+    data: dict  # provenance of what the run reads: the dataset (train) or the raw shards (tokenize)
 
     @property
     def run_id(self) -> str:
@@ -39,7 +40,7 @@ class PlannedRun:
         return self.run.state()
 
     def data_provenance(self) -> dict:
-        return describe(self.dataset)
+        return self.data
 
 
 def plan(overrides: list[str], log=print) -> list[PlannedRun]:
@@ -52,6 +53,8 @@ def plan(overrides: list[str], log=print) -> list[PlannedRun]:
 
 def _plan_one(composed: ComposedRun, log) -> list[PlannedRun]:
     config = _absolute_paths(composed.config)
+    if config.job == "tokenize":
+        return _plan_tokenize(config, composed.overrides)
     upstream: list[PlannedRun] = []
     if config.init.strategy == "pretrained" and config.init.source in list_experiments():
         upstream = _plan_one(_compose_upstream(config.init.source, composed.overrides), log)
@@ -62,7 +65,24 @@ def _plan_one(composed: ComposedRun, log) -> list[PlannedRun]:
     dataset = ensure_dataset(config.data, Path(config.paths.data_root), log=log)
     run_id = run_id_of(config, dataset.data_hash)
     run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id)
-    return [*upstream, PlannedRun(config, composed.overrides, run, dataset)]
+    return [*upstream, PlannedRun(config, composed.overrides, run, describe(dataset))]
+
+
+def _plan_tokenize(config: RunConfig, overrides: tuple[str, ...]) -> list[PlannedRun]:
+    """One run per part (the parts become one job array); identity covers the raw shards read."""
+    tasks = shard_tasks(config.data, Path(config.paths.data_root))
+    fingerprint = raw_fingerprint(tasks)
+    data = {"name": config.data.name, "hash": fingerprint, "raw_shards": len(tasks),
+            "output": str(dataset_dir(config.data, Path(config.paths.data_root)))}
+    # One process per part: at most one GPU, whatever the cluster profile gives a training task.
+    launch = dataclasses.replace(config.launch, gpus_per_node=min(config.launch.gpus_per_node, 1))
+    planned = []
+    for part in range(config.tokenize.parts):
+        part_config = dataclasses.replace(config, launch=launch,
+                                          tokenize=dataclasses.replace(config.tokenize, part=part))
+        run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id_of(part_config, fingerprint))
+        planned.append(PlannedRun(part_config, overrides, run, data))
+    return planned
 
 
 def _check_source(config: RunConfig) -> None:

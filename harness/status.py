@@ -40,7 +40,10 @@ class StatusRow:
 
 
 def resolve(runs_root: Path, selector: str | None) -> list[RunDir]:
-    """Runs named by `experiment/run_id`, a run id (or unique prefix), or an experiment; all if None."""
+    """Runs named by `experiment/run_id`, a run id (or unique prefix), an experiment, or a run
+    directory's path (as `submit` prints it); all if None."""
+    if selector and "/" in selector and (Path(selector) / "config.yaml").exists():
+        return [RunDir(Path(selector).resolve())]
     runs = find_runs(runs_root)
     if not selector:
         return runs

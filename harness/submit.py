@@ -171,9 +171,15 @@ def wait_local(planned: PlannedRun, job: submitit.Job, out: TextIO) -> None:
         raise RunFailed(f"{run.name} failed: {reason}; logs: {run.logs(attempt)}") from None
     if not run.done_path.exists():  # preempted: checkpointed, not finished
         raise RunFailed(f"{run.name} {run.attempts()[-1].get('exit_reason')}; logs: {job.paths.folder}")
+    print(f"{run.name}: done in {run.path}", file=out)
+    if planned.config.job == "tokenize":
+        summary = json.loads((run.path / "tokenize.json").read_text())
+        print(f"  {summary['shards']} shards ({summary['resumed']} already done), {summary.get('written', 0)} "
+              f"samples written; dataset {'complete' if summary['manifest'] else 'waits for other parts'}",
+              file=out, flush=True)
+        return
     records = read_metrics(run.metrics_path)
     final = records[-1] if records else {"step": 0, "tokens": 0}
-    print(f"{run.name}: done in {run.path}", file=out)
     print(f"  final loss_text {_fmt(final.get('loss_text'))}  loss_image {_fmt(final.get('loss_image'))}"
           f"  ({final['step']} steps, {final['tokens']} tokens)", file=out, flush=True)
 

@@ -100,5 +100,5 @@ def test_a_resubmitted_failed_slurm_run_avoids_the_node_that_failed(run):
     assert run.failed_nodes(attempt) == ["n2"]
     config = compose_runs(["cluster=slurm_ci", "launch.exclude=n7"])[0].config
     out = io.StringIO()
-    planned = _avoid_failed_nodes(PlannedRun(config, (), run, dataset=None), out)
+    planned = _avoid_failed_nodes(PlannedRun(config, (), run, data={}), out)
     assert planned.config.launch.exclude == "n2,n7" and "excluding node(s) n2" in out.getvalue()

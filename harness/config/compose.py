@@ -37,7 +37,11 @@ SCHEMA_NAME = "harness_schema"
 # Keys whose value must be one of a fixed set; checked after composition.
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.positional": ("rotary", "head_rotary", "none"),
+    "model.attention": ("sdpa", "flash", "efficient", "math"),
+    "job": ("train", "tokenize"),
     "data.kind": ("synthetic", "prebuilt"),
+    "data.raw.source": ("urls", "shapes", "external"),
+    "data.tokenizer.image_variant": ("67M", "102M", "270M", "tiny"),
     "data.corpus": ("captions", "text"),
     "init.strategy": ("random", "pretrained"),
     "train.precision": ("fp32", "bf16"),
@@ -157,6 +161,7 @@ def _compose_one(overrides: list[str]) -> ComposedRun:
         del cfg["hydra"]
     config: RunConfig = OmegaConf.to_object(cfg)
     _check_choices(config, overrides, choices)
+    _check_freeze(config, overrides, choices)
     return ComposedRun(tuple(overrides), config, choices)
 
 
@@ -180,6 +185,17 @@ def _check_choices(config: RunConfig, overrides: list[str], choices: dict[str, s
             raise HarnessError(
                 f"{key}: '{flat[key]}' is not one of {', '.join(map(str, allowed))} ({origin})"
             )
+
+
+def _check_freeze(config: RunConfig, overrides: list[str], choices: dict[str, str]) -> None:
+    if not config.freeze:
+        return
+    from harness.model.freeze import FreezeError, check_parts  # torch: only when freezing
+
+    try:
+        check_parts(config.freeze, config.model.n_layers)
+    except FreezeError as exc:
+        raise HarnessError(f"freeze: {exc} ({origin_of('freeze', overrides, choices)})") from None
 
 
 def origin_of(key: str, overrides: list[str], choices: dict[str, str]) -> str:

@@ -26,6 +26,43 @@ class ModelConfig:
     init_std: float = 0.02
     # Recompute each layer's activations in the backward pass: memory for compute (paper scale).
     activation_checkpointing: bool = False
+    # Attention kernels: sdpa (torch chooses) | flash | efficient | math. Same function, other speed.
+    attention: str = "sdpa"
+
+
+@dataclass
+class RawDataConfig:
+    """Raw image-caption webdataset shards (img2dataset's layout) that the tokenize job reads.
+    Relative paths are relative to paths.data_root."""
+
+    # Per split: a directory of .tar shards, a brace pattern (`cc12m/{00000..01242}.tar`), or
+    # file:// of either. An empty split is skipped.
+    train: str = ""
+    val: str = ""
+    # How `harness data raw` makes them: urls (fetch train_urls/val_urls, img2dataset-style TSV
+    # lists) | shapes (the synthetic generator, offline) | external (made elsewhere; documented).
+    source: str = "external"
+    train_urls: str = ""
+    val_urls: str = ""
+    # Column names of a header-less url list (CC12M's published file: [url, caption]).
+    url_columns: list[str] = field(default_factory=list)
+    n_train: int = 0   # source=shapes only
+    n_val: int = 0
+
+
+@dataclass
+class TokenizerConfig:
+    """The tokenizers a tokenize job applies. Relative paths are relative to paths.data_root."""
+
+    # tokenizer.json of the text BPE: GPT-NeoX-20B's at paper scale.
+    text: str = ""
+    pad_token: str = "<|padding|>"
+    bos_token: str = "<|endoftext|>"
+    eos_token: str = "<|endoftext|>"
+    # SBER-MoVQGAN checkpoint (67M | 102M | 270M). `tiny`: seeded random weights of the same
+    # architecture at laptop width (smoke only; labelled as such wherever it is recorded).
+    image_variant: str = "67M"
+    image_weights: str = ""
 
 
 @dataclass
@@ -47,6 +84,8 @@ class DataConfig:
     n_text_val: int = 256
     shard_size: int = 512
     seed: int = 1234
+    raw: RawDataConfig = field(default_factory=RawDataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 
 @dataclass
@@ -74,6 +113,8 @@ class TrainConfig:
     # fp32 | bf16
     precision: str = "fp32"
     zero_stage: int = 1
+    # DeepSpeed's FusedAdam (a CUDA kernel, prebuilt in the image) instead of torch's AdamW.
+    fused_optimizer: bool = False
     log_every: int = 5
     # Resumable checkpoints: every N steps and/or every M minutes (0 = off), always at the end and
     # on preemption. Pruning keeps the last `keep_last` and every one taken at a listed token count.
@@ -148,14 +189,32 @@ class PathsConfig:
 
 
 @dataclass
+class TokenizeConfig:
+    """experiment=tokenize: raw shards -> tokenized shards + manifest, as a job array of `parts`."""
+
+    parts: int = 2
+    # This run's part, set per array task by the planner (one run per part).
+    part: int = 0
+    batch_size: int = 32
+    # auto: CUDA when present.
+    device: str = "auto"
+
+
+@dataclass
 class RunConfig:
+    # train | tokenize: what each task of the run's job does.
+    job: str = "train"
     experiment: str = "random_init"
     scale: str = "smoke"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    # Parts of the model that do not train (freezing ablations): embeddings, layernorm, attention,
+    # ffn, layers:A-B. See harness/model/freeze.py.
+    freeze: list[str] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -4,11 +4,15 @@ Pitfalls handled (FACTS.md): the original decoder's `up.L` runs in reverse order
 diffusers' `up_blocks`; attention q/k/v/proj_out are 1x1 convolutions where diffusers has linear
 layers; decoder norms are SpatialNorms (`norm_layer`, `conv_y`, `conv_b`) whose names carry over.
 A key no rule maps, or a tensor whose shape disagrees with the target model, fails naming the key.
+
+The inverse map (`to_original_state_dict`) exists so tests can write synthetic checkpoints in the real
+key format from tiny diffusers models; `read_checkpoint` reads a released file as it is stored.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 
@@ -95,5 +99,87 @@ def convert_state_dict(original: dict[str, torch.Tensor],
         converted[new_key] = value
     missing = sorted(set(target) - set(converted))
     if missing:
-        raise HarnessError(f"MoVQGAN checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. '{missing[0]}'")
+        raise HarnessError(f"MoVQGAN checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. "
+                           f"'{original_key(missing[0])}' (the model's '{missing[0]}')")
     return converted
+
+
+# ---- diffusers -> original names (the inverse of convert_key) ----
+
+INVERSE_RESNET = {new: old for old, new in RESNET.items()}
+INVERSE_ATTENTION = {**{new: old for old, new in ATTENTION.items()}, "group_norm": "norm", "spatial_norm": "norm"}
+_ATTN_PART = r"(to_q|to_k|to_v|to_out\.0|group_norm|spatial_norm)"
+
+
+def original_key(key: str) -> str:
+    """The original SBER-MoVQGAN name of one diffusers VQModel key."""
+    part, _, rest = key.partition(".")
+    if part in ("quantize", "quant_conv", "post_quant_conv"):
+        return key
+    if part not in ("encoder", "decoder"):
+        raise HarnessError(f"VQModel key '{key}' has no MoVQGAN name")
+    rules: list[tuple[str, object]] = [
+        (r"conv_in\.(.+)", lambda m: f"conv_in.{m[1]}"),
+        (r"conv_out\.(.+)", lambda m: f"conv_out.{m[1]}"),
+        (r"conv_norm_out\.(.+)", lambda m: f"norm_out.{m[1]}"),
+        (r"mid_block\.resnets\.(\d)\.(\w+)\.(.+)",
+         lambda m: f"mid.block_{int(m[1]) + 1}.{_inverse(INVERSE_RESNET, m[2], key)}.{m[3]}"),
+        (rf"mid_block\.attentions\.0\.{_ATTN_PART}\.(.+)",
+         lambda m: f"mid.attn_1.{_inverse(INVERSE_ATTENTION, m[1], key)}.{m[2]}"),
+        (r"down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)",
+         lambda m: f"down.{m[1]}.block.{m[2]}.{_inverse(INVERSE_RESNET, m[3], key)}.{m[4]}"),
+        (rf"down_blocks\.(\d+)\.attentions\.(\d+)\.{_ATTN_PART}\.(.+)",
+         lambda m: f"down.{m[1]}.attn.{m[2]}.{_inverse(INVERSE_ATTENTION, m[3], key)}.{m[4]}"),
+        (r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", lambda m: f"down.{m[1]}.downsample.conv.{m[2]}"),
+        (r"up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)",
+         lambda m: f"up.{_up(m[1])}.block.{m[2]}.{_inverse(INVERSE_RESNET, m[3], key)}.{m[4]}"),
+        (rf"up_blocks\.(\d+)\.attentions\.(\d+)\.{_ATTN_PART}\.(.+)",
+         lambda m: f"up.{_up(m[1])}.attn.{m[2]}.{_inverse(INVERSE_ATTENTION, m[3], key)}.{m[4]}"),
+        (r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", lambda m: f"up.{_up(m[1])}.upsample.conv.{m[2]}"),
+    ]
+    for pattern, rename in rules:
+        match = re.fullmatch(pattern, rest)
+        if match:
+            return f"{part}.{rename(match)}"
+    raise HarnessError(f"VQModel key '{key}' has no MoVQGAN name")
+
+
+def _inverse(table: dict[str, str], name: str, key: str) -> str:
+    if name not in table:
+        raise HarnessError(f"VQModel key '{key}' has no MoVQGAN name")
+    return table[name]
+
+
+def to_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers VQModel state dict in the released checkpoints' format (names, 1x1-conv attention)."""
+    original = {}
+    for key, tensor in state.items():
+        linear = re.search(r"\.attentions\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$", key) and tensor.ndim == 2
+        original[original_key(key)] = tensor[:, :, None, None] if linear else tensor
+    return original
+
+
+# ---- reading a checkpoint file ----
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a .ckpt/.pt/.safetensors file: flat (the released files) or under "state_dict"
+    (a Lightning training checkpoint). Pickles load with weights_only=True: no code in a file runs."""
+    if not path.is_file():
+        raise HarnessError(f"MoVQGAN checkpoint {path} not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            loaded: object = load_file(str(path), device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch/safetensors raise many types for a bad file; all mean "unreadable"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise HarnessError(f"MoVQGAN checkpoint {path} could not be read: {reason}") from error
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise HarnessError(f"MoVQGAN checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
+    for key, value in loaded.items():
+        if not isinstance(value, torch.Tensor):
+            raise HarnessError(f"MoVQGAN checkpoint {path}: entry '{key}' is not a tensor")
+    return loaded

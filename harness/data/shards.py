@@ -64,6 +64,19 @@ def write_shards(samples: Iterable[Sample], directory: Path, prefix: str, shard_
     return entries
 
 
+def write_shard(samples: Iterable[Sample], path: Path) -> dict:
+    """Write one shard under a temporary name, then rename: a crash never leaves a partial shard
+    under the final name. Returns its manifest entry."""
+    partial = path.with_name(path.name + ".partial")
+    writer, count = wds.TarWriter(str(partial), mtime=0.0, user="", group=""), 0
+    for sample in samples:
+        writer.write(_encode(sample))
+        count += 1
+    writer.close()
+    partial.replace(path)
+    return {"file": path.name, "samples": count, "sha256": file_sha256(path)}
+
+
 def _encode(sample: Sample) -> dict[str, Any]:
     record: dict[str, Any] = {"__key__": sample.sample_id, "txt": sample.text,
                               "text.npy": sample.text_ids.astype(np.int32)}

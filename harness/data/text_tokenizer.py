@@ -31,6 +31,26 @@ def load(path: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
+def load_configured(path: Path, pad: str, bos: str, eos: str) -> tuple[Tokenizer, dict[str, int]]:
+    """A configured tokenizer.json (GPT-NeoX-20B's at paper scale) and the ids of its specials.
+    Errors are HarnessErrors naming the file or the token."""
+    from harness.errors import HarnessError
+
+    if not path.is_file():
+        raise HarnessError(f"text tokenizer {path} does not exist (data.tokenizer.text; GPT-NeoX-20B's "
+                           "tokenizer.json is in the Hugging Face repo EleutherAI/gpt-neox-20b)")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+        raise HarnessError(f"text tokenizer {path} is unreadable: {exc}") from None
+    ids = {}
+    for role, token in (("pad", pad), ("bos", bos), ("eos", eos)):
+        ids[role] = tokenizer.token_to_id(token)
+        if ids[role] is None:
+            raise HarnessError(f"text tokenizer {path} has no token {token!r} (data.tokenizer.{role}_token)")
+    return tokenizer, ids
+
+
 def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
     ids = {name.strip("<>"): tokenizer.token_to_id(name) for name in SPECIALS}
     missing = [name for name, i in ids.items() if i is None]

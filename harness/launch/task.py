@@ -41,7 +41,6 @@ class RunTask:
 
     run_dir: str
     attempt: int
-    job: str = "train"
 
     def __call__(self) -> str:
         from harness.rundir import RunDir
@@ -78,7 +77,7 @@ class RunTask:
                               env.num_nodes, list(env.hostnames))
         extra_env["HARNESS_ATTEMPT"] = str(attempt)
         data_root = config.paths.data_root
-        if config.launch.scratch:
+        if config.launch.scratch and config.job == "train":  # a tokenize job writes the dataset
             data_root = extra_env["HARNESS_DATA_ROOT"] = stage_dataset(run, config.launch.scratch, env.local_rank)
         wrapper = self._wrapper(config, data_root, str(env.job_id), env.global_rank)
         code = self._run_child(extra_env, record, wrapper)
@@ -88,7 +87,7 @@ class RunTask:
 
     def worker_args(self, error_file: Path | None = None) -> list[str]:
         extra = ["--error-file", str(error_file)] if error_file else []
-        return ["worker", self.run_dir, "--job", self.job, *extra]
+        return ["worker", self.run_dir, *extra]
 
     def command(self, env: dict[str, str], error_file: Path | None = None,
                 wrapper: Wrapper | None = None) -> list[str]:

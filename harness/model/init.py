@@ -52,7 +52,7 @@ def copy_pretrained(model: OpenLM, source: dict, layout: VocabLayout, new_row_st
 
 def _check_compatible(arch: Architecture, source: Architecture, layout: VocabLayout) -> None:
     # Only what shapes or computes the function must agree; init and memory settings may differ.
-    free = ("vocab_size", "init_std", "activation_checkpointing")
+    free = ("vocab_size", "init_std", "activation_checkpointing", "attention")
     mine = {k: v for k, v in asdict(arch).items() if k not in free}
     theirs = {k: v for k, v in asdict(source).items() if k not in free}
     differ = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}

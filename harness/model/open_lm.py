@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from harness.config.schema import ModelConfig
@@ -31,12 +32,25 @@ class Architecture:
     norm_eps: float
     init_std: float
     activation_checkpointing: bool = False
+    attention: str = "sdpa"
 
     @classmethod
     def from_config(cls, config: ModelConfig, vocab_size: int) -> "Architecture":
         hidden = config.ffn_hidden or swiglu_hidden(config.d_model)
         return cls(config.d_model, config.n_layers, config.n_heads, hidden, vocab_size,
-                   config.positional, config.norm_eps, config.init_std, config.activation_checkpointing)
+                   config.positional, config.norm_eps, config.init_std, config.activation_checkpointing,
+                   config.attention)
+
+
+# model.attention: which scaled_dot_product_attention kernels may run. `sdpa` lets torch choose;
+# `flash` insists on FlashAttention-2 (CUDA, fp16/bf16) and fails loudly where it cannot run.
+ATTENTION_BACKENDS: dict[str, list[SDPBackend]] = {
+    "sdpa": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+             SDPBackend.MATH],
+    "flash": [SDPBackend.FLASH_ATTENTION],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+    "math": [SDPBackend.MATH],
+}
 
 
 def swiglu_hidden(d_model: int) -> int:
@@ -73,6 +87,7 @@ class Attention(nn.Module):
         self.head_dim = arch.d_model // arch.n_heads
         self.in_proj = nn.Linear(arch.d_model, 3 * arch.d_model, bias=False)
         self.out_proj = nn.Linear(arch.d_model, arch.d_model, bias=False)
+        self.backends = ATTENTION_BACKENDS[arch.attention]
         self.pos_embed = (RotaryEmbedding(self.head_dim, by_head=arch.positional == "head_rotary")
                           if arch.positional != "none" else None)
 
@@ -81,8 +96,9 @@ class Attention(nn.Module):
         q, k, v = self.in_proj(x).view(batch, seq, 3, self.n_heads, self.head_dim).unbind(2)
         if self.pos_embed is not None:
             q, k = self.pos_embed(q, k)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             is_causal=True)
+        with sdpa_kernel(self.backends):
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 is_causal=True)
         return self.out_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 

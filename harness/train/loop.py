@@ -28,6 +28,7 @@ from harness.data.dataset import open_dataset
 from harness.data.stream import EpochOrder, RankStream
 from harness.data.vocab import VocabLayout
 from harness.errors import HarnessError
+from harness.model.freeze import FreezePlan, apply_freeze, plan_freeze
 from harness.model.init import build_model
 from harness.rundir import RunDir
 from harness.train import checkpoints, model_file
@@ -67,7 +68,12 @@ def train(run_dir: Path) -> None:
                         EpochOrder([e["samples"] for e in entries], seed=config.seed), layout,
                         config.data.seq_len, rank, world, config.train.micro_batch * config.train.grad_accum)
     source = model_file.load_model_file(resolve_source(config)) if config.init.strategy == "pretrained" else None
-    engine = _engine(build_model(config, layout, source), config)
+    model = build_model(config, layout, source)
+    freeze = plan_freeze(model, config.freeze, layout)
+    apply_freeze(model, freeze)
+    if rank == 0:
+        _record_model_summary(run, config, model, freeze)
+    engine = _engine(model, config, freeze)
     client = {"architecture": dataclasses.asdict(engine.module.arch), "layout": dataclasses.asdict(layout),
               "zero_stage": config.train.zero_stage}
 
@@ -159,13 +165,15 @@ def _injected_nan(step: int) -> float:
     return math.nan if os.environ.get("HARNESS_INJECT_NAN_AT_STEP") == str(step + 1) else 1.0
 
 
-def _engine(model: torch.nn.Module, config: RunConfig):
+def _engine(model: torch.nn.Module, config: RunConfig, freeze: FreezePlan):
     import deepspeed
 
     train = config.train
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2 and not freeze.no_decay(n)]
+    no_decay = [p for n, p in trainable if p.ndim < 2 or freeze.no_decay(n)]
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
     schedule = warmup_cosine(train.steps, train.warmup_steps, train.min_lr_ratio)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=deepspeed_config(config),
                                       lr_scheduler=schedule)
@@ -178,16 +186,26 @@ def deepspeed_config(config: RunConfig) -> dict:
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": train.grad_accum,
         "train_batch_size": train.micro_batch * train.grad_accum * config.world_size,
-        # torch_adam: DeepSpeed's fused Adam would JIT-compile on first use (~70 s on CPU).
+        # torch_adam unless fused: FusedAdam is a CUDA op (prebuilt in the image; JIT-built otherwise).
         "optimizer": {"type": "AdamW", "params": {
             "lr": train.lr, "betas": list(train.betas), "eps": 1e-8,
-            "weight_decay": train.weight_decay, "torch_adam": True}},
+            "weight_decay": train.weight_decay, "torch_adam": not train.fused_optimizer}},
         "gradient_clipping": train.grad_clip,
         "zero_optimization": {"stage": train.zero_stage},
         "bf16": {"enabled": train.precision == "bf16"},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+
+
+def _record_model_summary(run: RunDir, config: RunConfig, model: torch.nn.Module, freeze: FreezePlan) -> None:
+    total = sum(p.numel() for p in model.parameters())
+    summary = {"parameters": total, "trainable": freeze.trainable_count(model), "freeze": list(config.freeze),
+               "frozen_tensors": sorted(freeze.tensors), "frozen_text_rows": freeze.text_rows,
+               "no_weight_decay": sorted(n for n, _ in model.named_parameters() if freeze.no_decay(n))}
+    (run.path / "model.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"parameters: {total:,} ({summary['trainable']:,} trainable"
+          + (f"; frozen: {', '.join(config.freeze)})" if config.freeze else ")"), flush=True)
 
 
 def _init_distributed(config: RunConfig) -> None:
@@ -209,6 +227,11 @@ def _check_world(config: RunConfig, world: int) -> None:
         raise RuntimeError(f"world size {world} differs from the config's {config.world_size}")
     if config.launch.gpus_per_node and not torch.cuda.is_available():
         raise RuntimeError(f"the profile expects {config.launch.gpus_per_node} GPU(s) per node; CUDA is unavailable")
+    cuda_only = {"model.attention": config.model.attention in ("flash", "efficient"),
+                 "train.fused_optimizer": config.train.fused_optimizer}
+    for key, needed in cuda_only.items():
+        if needed and not torch.cuda.is_available():
+            raise HarnessError(f"{key} needs CUDA, which this node lacks (set it per scale: jobs/scale/)")
 
 
 def _grad_norm(engine) -> float | None:

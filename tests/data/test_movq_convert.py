@@ -1,4 +1,5 @@
-"""The MoVQGAN key map against the real key lists of the released 67M and 270M checkpoints."""
+"""The MoVQGAN key map against the real key lists of the released 67M and 270M checkpoints, its
+inverse, and reading checkpoint files as they are stored."""
 
 from pathlib import Path
 
@@ -6,12 +7,12 @@ import pytest
 import torch
 from diffusers import VQModel
 
-from harness.data.image_tokenizer import MOVQ_67M
-from harness.data.movq_convert import convert_state_dict
+from harness.data.image_tokenizer import MOVQ_VARIANTS
+from harness.data.movq_convert import convert_state_dict, original_key, read_checkpoint, to_original_state_dict
 from harness.errors import HarnessError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-CONFIGS = {"67M": MOVQ_67M, "270M": {**MOVQ_67M, "block_out_channels": (256, 512, 512, 1024)}}
+CONFIGS = MOVQ_VARIANTS
 PARAMS = {"67M": 67_832_495, "270M": 270_669_103}
 
 
@@ -53,3 +54,48 @@ def test_a_foreign_or_misshaped_key_fails_naming_it():
     original["quantize.embedding.weight"] = torch.empty(8192, 4, device="meta")
     with pytest.raises(HarnessError, match=r"quantize.embedding.weight': shape \(8192, 4\)"):
         convert_state_dict(original, model)
+
+
+@pytest.mark.parametrize("size", ["67M", "270M"])
+def test_the_inverse_map_gives_back_the_released_names_and_shapes(size):
+    original, model = original_keys(size), target(size)
+    back = to_original_state_dict(convert_state_dict(original, model))
+    assert list(back) == list(original)
+    assert all(back[k].shape == original[k].shape for k in original)  # attention linears are 1x1 convs again
+
+
+@pytest.mark.parametrize("size", ["67M", "102M", "270M"])
+def test_every_diffusers_key_round_trips_through_the_original_name(size):
+    model = target(size)
+    assert set(convert_state_dict(to_original_state_dict(model), model)) == set(model)
+    with pytest.raises(HarnessError, match="VQModel key 'encoder.extra.weight' has no MoVQGAN name"):
+        original_key("encoder.extra.weight")
+
+
+def test_the_102M_layout_has_four_encoder_and_five_decoder_resnets_per_level():
+    names = set(to_original_state_dict(target("102M")))
+    assert "encoder.down.0.block.3.conv1.weight" in names and "encoder.down.0.block.4.conv1.weight" not in names
+    assert "decoder.up.3.block.4.conv1.weight" in names and "decoder.up.3.attn.4.q.weight" in names
+    assert "decoder.up.0.block.5.conv1.weight" not in names and "encoder.down.3.attn.3.q.weight" in names
+
+
+def test_checkpoint_files_are_read_flat_wrapped_or_as_safetensors(tmp_path):
+    from safetensors.torch import save_file
+    state = {"quant_conv.weight": torch.ones(4, 4, 1, 1), "quant_conv.bias": torch.zeros(4)}
+    torch.save(state, tmp_path / "flat.ckpt")
+    torch.save({"state_dict": state, "global_step": 3}, tmp_path / "wrapped.ckpt")
+    save_file(state, str(tmp_path / "weights.safetensors"))
+    for name in ("flat.ckpt", "wrapped.ckpt", "weights.safetensors"):
+        read = read_checkpoint(tmp_path / name)
+        assert set(read) == set(state) and torch.equal(read["quant_conv.weight"], state["quant_conv.weight"])
+
+
+def test_an_unreadable_or_foreign_checkpoint_fails_naming_the_file(tmp_path):
+    (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(HarnessError, match=r"broken.ckpt could not be read"):
+        read_checkpoint(tmp_path / "broken.ckpt")
+    torch.save({"quant_conv.weight": torch.ones(1), "epoch": 3}, tmp_path / "mixed.ckpt")
+    with pytest.raises(HarnessError, match=r"mixed.ckpt: entry 'epoch' is not a tensor"):
+        read_checkpoint(tmp_path / "mixed.ckpt")
+    with pytest.raises(HarnessError, match=r"absent.ckpt not found"):
+        read_checkpoint(tmp_path / "absent.ckpt")

@@ -138,10 +138,17 @@ def test_usr2_checkpoints_requeues_and_resumes_to_the_same_result(slurm_cluster,
     wait_until(lambda: read_metrics(run.metrics_path), 120, "training to start")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
 
+    pending_since: list[float] = []
+
     def held_or_done() -> bool:
         out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout
-        if "PENDING" in out:  # a requeued job is held ~120 s (BeginTime): release it now
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        if "PENDING" in out:
+            # A requeued job is held ~120 s (BeginTime): release it early, but not within the
+            # second of the requeue. slurmd compares credential times in whole seconds, so a job
+            # restarted that soon is killed as "Job credential revoked".
+            pending_since.append(pending_since[0] if pending_since else time.time())
+            if time.time() - pending_since[0] > 2.5:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
         return run.done_path.exists()
 
     wait_until(held_or_done, 300, "the requeued job to finish", poll_s=1)

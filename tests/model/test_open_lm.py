@@ -1,9 +1,12 @@
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from harness.config import compose_runs
+from harness.data.vocab import VocabLayout
 from harness.model.open_lm import Architecture, OpenLM, swiglu_hidden
 
 # Copied from shared/fixtures: the released checkpoint's key names and shapes.
@@ -70,3 +73,79 @@ def test_activation_checkpointing_changes_memory_not_results():
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_expansion_adds_the_image_codebook_and_specials_to_both_vocabulary_matrices():
+    config = compose_runs(["model=open_lm_1b"])[0].config.model
+    layout = VocabLayout(text_size=50_432, pad=1, bos=0, eos=0, codebook_size=16_384)
+    with torch.device("meta"):
+        model = OpenLM(Architecture.from_config(config, vocab_size=layout.size))
+    assert layout.size == 50_432 + 16_384 + 2
+    assert model.tok_embeddings.weight.shape == (layout.size, 2048)
+    assert model.output.weight.shape == (layout.size, 2048)
+
+
+def counted_by_hand(d: int, layers: int, vocab: int) -> int:
+    hidden = 256 * math.ceil(8 * d / 3 / 256)  # open_lm's SwiGLU rule
+    per_layer = 3 * d * d + d * d + 3 * hidden * d + 4 * d  # qkv, out, w12 + w3, two LayerNorms
+    return 2 * vocab * d + layers * per_layer + 2 * d
+
+
+@pytest.mark.parametrize("name, d_model, layers", [("open_lm_tiny", 96, 2), ("open_lm_79m", 512, 8),
+                                                   ("open_lm_160m", 576, 24), ("open_lm_411m", 1024, 24),
+                                                   ("open_lm_1b", 2048, 24)])
+def test_sizes_follow_open_lm_layouts(name, d_model, layers):
+    config = compose_runs([f"model={name}"])[0].config.model
+    with torch.device("meta"):
+        model = OpenLM(Architecture.from_config(config, vocab_size=50_432))
+    assert (model.arch.d_model, model.arch.n_layers) == (d_model, layers)
+    assert sum(p.numel() for p in model.parameters()) == counted_by_hand(d_model, layers, 50_432)
+
+
+def reference_forward(state: dict[str, torch.Tensor], tokens: torch.Tensor, n_heads: int, rotary: bool) -> torch.Tensor:
+    """open_lm's forward written out from the raw tensors: an independent check of OpenLM."""
+    x = state["tok_embeddings.weight"][tokens]
+    seq, dim = tokens.shape[1], x.shape[-1]
+    head_dim = dim // n_heads
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.arange(seq).float()[:, None] * inv_freq[None, :]
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+
+    def rope(t):  # t: [batch, seq, heads, head_dim]
+        if not rotary:
+            return t
+        half = head_dim // 2
+        rotated = torch.cat([-t[..., half:], t[..., :half]], -1)
+        return t * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+
+    def norm(t, prefix):
+        return F.layer_norm(t, (dim,), state[f"{prefix}.weight"], state[f"{prefix}.bias"], 1e-5)
+
+    mask = torch.full((seq, seq), float("-inf")).triu(1)
+    layers = sorted({int(k.split(".")[1]) for k in state if k.startswith("layers.")})
+    for i in layers:
+        p = f"layers.{i}"
+        h = norm(x, f"{p}.attention_norm")
+        q, k, v = (h @ state[f"{p}.attention.in_proj.weight"].T).split(dim, -1)
+        q, k, v = (t.reshape(*t.shape[:2], n_heads, head_dim) for t in (q, k, v))
+        q, k = rope(q), rope(k)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / head_dim ** 0.5 + mask
+        out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v).reshape(*x.shape)
+        x = x + out @ state[f"{p}.attention.out_proj.weight"].T
+        h = norm(x, f"{p}.ffn_norm")
+        gate, up = (h @ state[f"{p}.feed_forward.w12.weight"].T).chunk(2, -1)
+        x = x + (F.silu(gate) * up) @ state[f"{p}.feed_forward.w3.weight"].T
+    return norm(x, "norm") @ state["output.weight"].T
+
+
+@pytest.mark.parametrize("positional", ["rotary", "head_rotary"])
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_logits_match_an_independent_forward_from_the_raw_tensors(positional, attention):
+    torch.manual_seed(0)
+    arch = Architecture(d_model=32, n_layers=2, n_heads=4, ffn_hidden=64, vocab_size=50, positional=positional,
+                        norm_eps=1e-5, init_std=0.1, attention=attention)
+    model = OpenLM(arch).eval()
+    tokens = torch.randint(0, 50, (3, 11))
+    with torch.no_grad():
+        expected = reference_forward(model.state_dict(), tokens, n_heads=4, rotary=positional == "rotary")
+        torch.testing.assert_close(model(tokens), expected, atol=1e-5, rtol=1e-5)
