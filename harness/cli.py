@@ -127,9 +127,11 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from harness.config import list_experiments
+    from harness.config.compose import list_experiments, list_groups
 
     print("\n".join(list_experiments()))
+    print("\n".join(f"{group}  (group: experiment={group} submits its experiments together)"
+                     for group in list_groups()))
     return 0
 
 
@@ -221,13 +223,14 @@ def _worker(args: argparse.Namespace) -> int:
     from harness.config import load_run_config
     from harness.rundir import RunDir
 
-    if load_run_config(RunDir(Path(args.run_dir)).config_path).job == "tokenize":
-        from harness.data.tokenize import main as tokenize_main
-
-        return tokenize_main(args.run_dir, args.error_file)
-    from harness.train.loop import main as train_main
-
-    return train_main(args.run_dir, args.error_file)
+    job = load_run_config(RunDir(Path(args.run_dir)).config_path).job
+    if job == "tokenize":
+        from harness.data.tokenize import main as job_main
+    elif job == "align":
+        from harness.model.align import main as job_main
+    else:
+        from harness.train.loop import main as job_main
+    return job_main(args.run_dir, args.error_file)
 
 
 if __name__ == "__main__":

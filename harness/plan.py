@@ -43,59 +43,69 @@ class PlannedRun:
         return self.data
 
 
-def plan(overrides: list[str], log=print) -> list[PlannedRun]:
+def plan(overrides: list[str], log=print, allow_missing_data: bool = False) -> list[PlannedRun]:
+    """`allow_missing_data` (for --dry-run): a dataset that is not there yet gives provisional run
+    ids instead of an error."""
     planned: dict[Path, PlannedRun] = {}
     for composed in compose_runs(overrides):
-        for item in _plan_one(composed, log):
+        for item in _plan_one(composed, log, allow_missing_data):
             planned.setdefault(item.run.path, item)
     return list(planned.values())
 
 
-def _plan_one(composed: ComposedRun, log) -> list[PlannedRun]:
+def upstream_keys(config: RunConfig) -> list[str]:
+    """The init.* keys that name another run this one starts from."""
+    keys = ["source"] if config.init.strategy in ("pretrained", "aligned") or config.job == "align" else []
+    return keys + (["alignment"] if config.init.strategy == "aligned" else [])
+
+
+def _plan_one(composed: ComposedRun, log, allow_missing_data: bool = False) -> list[PlannedRun]:
     config = _absolute_paths(composed.config)
     if config.job == "tokenize":
         return _plan_tokenize(config, composed.overrides)
     upstream: list[PlannedRun] = []
-    if config.init.strategy == "pretrained" and config.init.source in list_experiments():
-        upstream = _plan_one(_compose_upstream(config.init.source, composed.overrides), log)
-        reference = upstream[-1].run.name
-        config = dataclasses.replace(config, init=dataclasses.replace(config.init, source=reference))
-    elif config.init.strategy == "pretrained":
-        _check_source(config)
-    dataset = ensure_dataset(config.data, Path(config.paths.data_root), log=log)
-    run_id = run_id_of(config, dataset.data_hash)
+    for key in upstream_keys(config):
+        value = getattr(config.init, key)
+        if value in list_experiments():
+            upstream += _plan_one(_compose_upstream(value, composed.overrides), log, allow_missing_data)
+            config = dataclasses.replace(config, init=dataclasses.replace(config.init, **{key: upstream[-1].run.name}))
+        else:
+            config = _check_reference(config, key, log if allow_missing_data else None)
+    if config.job != "train":
+        config = _single_process(config)
+    data = _data_of(config, log, allow_missing_data)
+    run_id = run_id_of(config, data["hash"])
     run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id)
-    return [*upstream, PlannedRun(config, composed.overrides, run, describe(dataset))]
+    return [*upstream, PlannedRun(config, composed.overrides, run, data)]
 
 
-def _plan_tokenize(config: RunConfig, overrides: tuple[str, ...]) -> list[PlannedRun]:
-    """One run per part (the parts become one job array); identity covers the raw shards read."""
-    tasks = shard_tasks(config.data, Path(config.paths.data_root))
-    fingerprint = raw_fingerprint(tasks)
-    data = {"name": config.data.name, "hash": fingerprint, "raw_shards": len(tasks),
-            "output": str(dataset_dir(config.data, Path(config.paths.data_root)))}
-    # One process per part: at most one GPU, whatever the cluster profile gives a training task.
-    launch = dataclasses.replace(config.launch, gpus_per_node=min(config.launch.gpus_per_node, 1))
-    planned = []
-    for part in range(config.tokenize.parts):
-        part_config = dataclasses.replace(config, launch=launch,
-                                          tokenize=dataclasses.replace(config.tokenize, part=part))
-        run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id_of(part_config, fingerprint))
-        planned.append(PlannedRun(part_config, overrides, run, data))
-    return planned
+def _data_of(config: RunConfig, log, allow_missing_data: bool) -> dict:
+    try:
+        return describe(ensure_dataset(config.data, Path(config.paths.data_root), log=log))
+    except HarnessError as exc:
+        if not allow_missing_data:
+            raise
+        log(f"warning: {exc}; run ids below are provisional")
+        return {"name": config.data.name, "hash": "missing"}
 
 
-def _check_source(config: RunConfig) -> None:
-    """A named upstream run must be done; a path must exist. Checked before anything is written."""
-    source = config.init.source or ""
-    if is_run_reference(source):
-        upstream = RunDir(Path(config.paths.runs_root) / source)
+def _check_reference(config: RunConfig, key: str, warn=None) -> RunConfig:
+    """A named upstream run must be done; a path must exist (and is made absolute: tasks run
+    elsewhere). Checked before anything is written."""
+    value = getattr(config.init, key) or ""
+    if is_run_reference(value):
+        upstream = RunDir(Path(config.paths.runs_root) / value)
         if upstream.state() != RunState.DONE:
-            raise HarnessError(f"init.source={source}: that run is {upstream.state().value}, not done "
+            raise HarnessError(f"init.{key}={value}: that run is {upstream.state().value}, not done "
                                f"(under {config.paths.runs_root})")
-    elif not Path(source).exists():
-        raise HarnessError(f"init.source={source!r}: not an experiment ({', '.join(list_experiments())}), "
-                           "not <experiment>/<run_id>, and no such file")
+        return config
+    if not Path(value).exists():
+        problem = (f"init.{key}={value!r}: not an experiment ({', '.join(list_experiments())}), "
+                   "not <experiment>/<run_id>, and no such file")
+        if warn is None:
+            raise HarnessError(problem)
+        warn(f"warning: {problem} (yet)")
+    return dataclasses.replace(config, init=dataclasses.replace(config.init, **{key: str(Path(value).resolve())}))
 
 
 def _compose_upstream(experiment: str, overrides: tuple[str, ...]) -> ComposedRun:
@@ -111,3 +121,26 @@ def _absolute_paths(config: RunConfig) -> RunConfig:
     paths = dataclasses.replace(config.paths, runs_root=str(Path(config.paths.runs_root).resolve()),
                                 data_root=str(Path(config.paths.data_root).resolve()))
     return dataclasses.replace(config, paths=paths)
+
+
+def _plan_tokenize(config: RunConfig, overrides: tuple[str, ...]) -> list[PlannedRun]:
+    """One run per part (the parts become one job array); identity covers the raw shards read."""
+    tasks = shard_tasks(config.data, Path(config.paths.data_root))
+    fingerprint = raw_fingerprint(tasks)
+    data = {"name": config.data.name, "hash": fingerprint, "raw_shards": len(tasks),
+            "output": str(dataset_dir(config.data, Path(config.paths.data_root)))}
+    config = _single_process(config)
+    planned = []
+    for part in range(config.tokenize.parts):
+        part_config = dataclasses.replace(config, tokenize=dataclasses.replace(config.tokenize, part=part))
+        run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id_of(part_config, fingerprint))
+        planned.append(PlannedRun(part_config, overrides, run, data))
+    return planned
+
+
+def _single_process(config: RunConfig) -> RunConfig:
+    """Tokenize and align tasks are one process each: one task, at most one GPU, whatever the
+    cluster profile gives a training task."""
+    launch = dataclasses.replace(config.launch, nodes=1, tasks_per_node=1,
+                                 gpus_per_node=min(config.launch.gpus_per_node, 1))
+    return dataclasses.replace(config, launch=launch)

@@ -30,7 +30,7 @@ from harness.launch import snapshot
 from harness.launch.executor import make_executor, render_sbatch, submit_all
 from harness.launch.image import git_sha_mismatch, identify
 from harness.launch.task import RunTask
-from harness.plan import PlannedRun, plan
+from harness.plan import PlannedRun, plan, upstream_keys
 from harness.provenance import code_snapshot_id, git_state, submit_provenance
 from harness.rundir import RunDir, RunState
 from harness.status import wait_for
@@ -77,7 +77,7 @@ class Group:
 
 def submit(overrides: list[str], force: bool = False, dry_run: bool = False, wait: bool = False,
            out: TextIO = sys.stdout) -> list[RunDir]:
-    runs = plan(overrides, log=lambda msg: print(msg, file=out, flush=True))
+    runs = plan(overrides, log=lambda msg: print(msg, file=out, flush=True), allow_missing_data=dry_run)
     to_launch = [_avoid_failed_nodes(p, out) for p in runs if _should_launch(p, force, dry_run, out)]
     images = _identify_images(to_launch, out)
     if dry_run:
@@ -132,10 +132,10 @@ def _avoid_failed_nodes(planned: PlannedRun, out: TextIO) -> PlannedRun:
 
 def _launch_local(planned: PlannedRun, force: bool, images: dict) -> tuple[submitit.Job, int]:
     run, config = planned.run, planned.config
-    upstream = _upstream(planned)
-    if upstream is not None and upstream.state() != RunState.DONE:
-        raise HarnessError(f"{run.name} starts from {upstream.name}, which is {upstream.state().value}; "
-                           "submit again when it is done")
+    for upstream in _upstreams(planned):
+        if upstream.state() != RunState.DONE:
+            raise HarnessError(f"{run.name} starts from {upstream.name}, which is {upstream.state().value}; "
+                               "submit again when it is done")
     new = not run.path.exists() or force
     code = _prepare(planned, force, images)
     attempt = run.add_attempt("local")
@@ -172,16 +172,23 @@ def wait_local(planned: PlannedRun, job: submitit.Job, out: TextIO) -> None:
     if not run.done_path.exists():  # preempted: checkpointed, not finished
         raise RunFailed(f"{run.name} {run.attempts()[-1].get('exit_reason')}; logs: {job.paths.folder}")
     print(f"{run.name}: done in {run.path}", file=out)
+    print(f"  {_summary(planned)}", file=out, flush=True)
+
+
+def _summary(planned: PlannedRun) -> str:
+    """One line on what a finished local run produced."""
+    run = planned.run
     if planned.config.job == "tokenize":
-        summary = json.loads((run.path / "tokenize.json").read_text())
-        print(f"  {summary['shards']} shards ({summary['resumed']} already done), {summary.get('written', 0)} "
-              f"samples written; dataset {'complete' if summary['manifest'] else 'waits for other parts'}",
-              file=out, flush=True)
-        return
+        s = json.loads((run.path / "tokenize.json").read_text())
+        return (f"{s['shards']} shards ({s['resumed']} already done), {s.get('written', 0)} samples written; "
+                f"dataset {'complete' if s['manifest'] else 'waits for other parts'}")
     records = read_metrics(run.metrics_path)
-    final = records[-1] if records else {"step": 0, "tokens": 0}
-    print(f"  final loss_text {_fmt(final.get('loss_text'))}  loss_image {_fmt(final.get('loss_image'))}"
-          f"  ({final['step']} steps, {final['tokens']} tokens)", file=out, flush=True)
+    final = records[-1] if records else {"step": 0}
+    if planned.config.job == "align":
+        return (f"final loss {_fmt(final.get('loss'))}  held-out top-1 {_fmt(final.get('val_top1'))} "
+                f"(chance {_fmt(final.get('chance'))}; {final['step']} steps)")
+    return (f"final loss_text {_fmt(final.get('loss_text'))}  loss_image {_fmt(final.get('loss_image'))}"
+            f"  ({final['step']} steps, {final.get('tokens', 0)} tokens)")
 
 
 def progress_line(run: RunDir, steps: int) -> str:
@@ -202,42 +209,58 @@ def _launch_slurm(runs: list[PlannedRun], force: bool, images: dict, out: TextIO
 
 
 def _plan_groups(runs: list[PlannedRun], job_ids: dict[str, str], emit) -> None:
-    """Group runs by resource spec and dependency and hand each group to `emit`, in an order where
-    a run's upstream group is emitted (and its job id known) before the run's own group."""
-    pending: OrderedDict[str, Group] = OrderedDict()
+    """Group runs into job arrays and hand each group to `emit` after the groups it depends on.
+
+    Runs that other runs of this submission start from go first, a stage per dependency depth.
+    The runs nothing here depends on (the experiments asked for) then share one array per resource
+    spec, which waits for all of their upstreams together (afterok on each)."""
     names = {p.run.name for p in runs}
-    for planned in runs:
-        upstream = _upstream(planned)
-        if upstream is not None and upstream.name in names and upstream.name not in job_ids:
-            for group in pending.values():
-                emit(group)
-            pending.clear()
-        dependency = _dependency(upstream, job_ids)
-        key = json.dumps([dataclasses.asdict(planned.config.launch), planned.config.paths.runs_root, dependency])
-        pending.setdefault(key, Group([], dependency)).runs.append(planned)
-    for group in pending.values():
-        emit(group)
+    needed = {u.name for p in runs for u in _upstreams(p)}
+    depth: dict[str, int] = {}
+    for planned in runs:  # plan order: an upstream before the runs that start from it
+        inside = [u.name for u in _upstreams(planned) if u.name in names]
+        depth[planned.run.name] = 1 + max((depth[name] for name in inside), default=-1)
+    stages: OrderedDict[tuple, list[PlannedRun]] = OrderedDict()
+    for planned in sorted(runs, key=lambda p: _stage(p, needed, depth)):
+        key = (_stage(planned, needed, depth), json.dumps(dataclasses.asdict(planned.config.launch)),
+               planned.config.paths.runs_root)
+        stages.setdefault(key, []).append(planned)
+    for group_runs in stages.values():
+        upstreams = [u for p in group_runs for u in _upstreams(p)]
+        emit(Group(group_runs, _dependency(upstreams, job_ids)))
 
 
-def _upstream(planned: PlannedRun) -> RunDir | None:
-    source = planned.config.init.source
-    if planned.config.init.strategy != "pretrained" or not source or not is_run_reference(source):
-        return None
-    return RunDir(Path(planned.config.paths.runs_root) / source)
+def _stage(planned: PlannedRun, needed: set[str], depth: dict[str, int]) -> tuple[int, int]:
+    name = planned.run.name
+    return (0, depth[name]) if name in needed else (1, 0)
 
 
-def _dependency(upstream: RunDir | None, job_ids: dict[str, str]) -> str | None:
-    """afterok on the upstream's job: submitted in this call, or already pending/running."""
-    if upstream is None:
-        return None
+def _upstreams(planned: PlannedRun) -> list[RunDir]:
+    """The runs of this harness a run starts from (its LM, its alignment)."""
+    root = Path(planned.config.paths.runs_root)
+    values = [getattr(planned.config.init, key) for key in upstream_keys(planned.config)]
+    return [RunDir(root / value) for value in values if value and is_run_reference(value)]
+
+
+def _dependency(upstreams: list[RunDir], job_ids: dict[str, str]) -> str | None:
+    """afterok on each upstream's job: submitted in this call, or already pending/running."""
+    jobs: list[str] = []
+    for upstream in upstreams:
+        job = _job_of(upstream, job_ids)
+        if job is not None and job not in jobs:
+            jobs.append(job)
+    return "afterok:" + ":".join(jobs) if jobs else None
+
+
+def _job_of(upstream: RunDir, job_ids: dict[str, str]) -> str | None:
     if upstream.name in job_ids:
-        return f"afterok:{job_ids[upstream.name]}"
+        return job_ids[upstream.name]
     attempts = upstream.attempts()
     if attempts and not attempts[-1].get("end") and upstream.state() == RunState.RUNNING:
-        return f"afterok:{attempts[-1]['job_id']}"
+        return str(attempts[-1]["job_id"])
     if upstream.state() == RunState.DONE:
         return None
-    return f"afterok:<job of {upstream.name}>"  # only seen in --dry-run output
+    return f"<job of {upstream.name}>"  # only seen in --dry-run output
 
 
 def _submit_group(group: Group, force: bool, images: dict, out: TextIO) -> dict[str, str]:

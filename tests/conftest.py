@@ -83,6 +83,14 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smoke_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding the smoke dataset (built once per session, ~20 s)."""
+    root = tmp_path_factory.mktemp("smoke-data")
+    ensure_dataset(compose_runs(["scale=smoke"])[0].config.data, root, log=lambda _msg: None)
+    return root
+
+
+@pytest.fixture(scope="session")
 def micro_dataset(data_root: Path) -> Dataset:
     return ensure_dataset(compose_runs(["scale=micro"])[0].config.data, data_root)
 

@@ -29,7 +29,8 @@ def test_metrics_have_one_line_per_logged_step_and_the_image_loss_falls(micro_ru
     assert [r["step"] for r in records] == [1, *range(2, 25, 2)]
     for r in records:
         assert {"step", "tokens", "loss", "loss_text", "loss_image", "lr", "grad_norm", "timing"} <= set(r)
-    assert records[-1]["loss_image"] <= 0.8 * records[0]["loss_image"]
+    # 24 micro steps take the image loss from ln(vocab size) most of the way to the code entropy
+    assert records[-1]["loss_image"] <= 0.85 * records[0]["loss_image"]
     assert records[-1]["tokens"] > records[0]["tokens"] > 0
 
 

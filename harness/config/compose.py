@@ -38,12 +38,12 @@ SCHEMA_NAME = "harness_schema"
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.positional": ("rotary", "head_rotary", "none"),
     "model.attention": ("sdpa", "flash", "efficient", "math"),
-    "job": ("train", "tokenize"),
+    "job": ("train", "tokenize", "align"),
     "data.kind": ("synthetic", "prebuilt"),
     "data.raw.source": ("urls", "shapes", "external"),
     "data.tokenizer.image_variant": ("67M", "102M", "270M", "tiny"),
-    "data.corpus": ("captions", "text"),
-    "init.strategy": ("random", "pretrained"),
+    "data.corpus": ("captions", "text", "images", "caption_text"),
+    "init.strategy": ("random", "pretrained", "aligned"),
     "train.precision": ("fp32", "bf16"),
     # ZeRO-3 would partition parameters; the final model file is written from whole ones on rank 0.
     "train.zero_stage": (0, 1, 2),
@@ -68,6 +68,22 @@ def list_experiments() -> list[str]:
     return group_options("experiment")
 
 
+def list_groups() -> list[str]:
+    """Named sets of experiments (jobs/group/): `experiment=<group>` submits them together."""
+    return group_options("group")
+
+
+def expand_groups(overrides: list[str]) -> list[str]:
+    """Replace `experiment=<group>` by the group's overrides; the command line's own keys win."""
+    for index, text in enumerate(overrides):
+        if _key(text) == "experiment" and text.split("=", 1)[1] in list_groups():
+            path = JOBS_DIR / "group" / f"{text.split('=', 1)[1]}.yaml"
+            listed = (yaml.safe_load(path.read_text()) or {}).get("overrides", [])
+            given = {_key(o) for i, o in enumerate(overrides) if i != index}
+            return [o for o in listed if _key(o) not in given] + overrides[:index] + overrides[index + 1:]
+    return overrides
+
+
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (JOBS_DIR / group).glob("*.yaml"))
 
@@ -78,7 +94,7 @@ def compose_runs(overrides: Iterable[str]) -> list[ComposedRun]:
     The user's defaults (HARNESS_CLUSTER, ~/.config/harness/defaults.yaml) come first; an override
     on the command line for the same key replaces them.
     """
-    overrides = with_user_defaults(list(overrides))
+    overrides = expand_groups(with_user_defaults(list(overrides)))
     return [_compose_one(list(combo)) for combo in expand_sweeps(overrides)]
 
 

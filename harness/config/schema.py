@@ -72,7 +72,8 @@ class DataConfig:
     name: str = "smoke"
     # synthetic (builds itself) | prebuilt (restored by `dvc pull` or the tokenize job)
     kind: str = "synthetic"
-    # captions: <bos> caption <boi> image <eoi>;  text: <bos> document <eos>
+    # captions: <bos> caption <boi> image <eoi>     text: <bos> document <eos>
+    # images: <boi> image <eoi> (unconditional)     caption_text: <bos> caption <eos> (caption LMs)
     corpus: str = "captions"
     seq_len: int = 96
     image_size: int = 64
@@ -90,11 +91,14 @@ class DataConfig:
 
 @dataclass
 class InitConfig:
-    # random | pretrained
+    # random | pretrained | aligned (pretrained, with the image rows from an alignment run)
     strategy: str = "random"
-    # For pretrained: an experiment name (resolved to its run), `<experiment>/<run_id>`, or a
-    # checkpoint path. Resolved to a concrete run before the run id is computed.
+    # The pre-trained LM (for pretrained, aligned, and the align job): an experiment name (resolved
+    # to its run), `<experiment>/<run_id>`, or a model file path. Resolved to a concrete run before
+    # the run id is computed, so it is part of the run id.
     source: Optional[str] = None
+    # For aligned: the alignment (experiment=align) run, named the same ways.
+    alignment: Optional[str] = None
     # std of the new (image and special) embedding rows; null = the model's init_std.
     new_row_std: Optional[float] = None
 
@@ -189,6 +193,19 @@ class PathsConfig:
 
 
 @dataclass
+class AlignConfig:
+    """experiment=align: contrastive alignment of image-token rows to the LM's text rows."""
+
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-2
+    temperature: float = 0.07   # initial; learned (as CLIP's logit scale), capped at 1/100
+    eval_batch: int = 32        # held-out retrieval among this many pairs (chance = 1/eval_batch)
+    # The control: train on mismatched pairs (each image with another image's caption).
+    shuffle_captions: bool = False
+
+
+@dataclass
 class TokenizeConfig:
     """experiment=tokenize: raw shards -> tokenized shards + manifest, as a job array of `parts`."""
 
@@ -202,11 +219,14 @@ class TokenizeConfig:
 
 @dataclass
 class RunConfig:
-    # train | tokenize: what each task of the run's job does.
+    # train | tokenize | align: what each task of the run's job does.
     job: str = "train"
     experiment: str = "random_init"
     scale: str = "smoke"
     seed: int = 0
+    # The pre-trained LM the experiments start from (their init.source): the pretrain_text
+    # experiment at small scales; the released open_lm-1b checkpoint at paper scale.
+    pretrained_lm: str = "pretrain_text"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     init: InitConfig = field(default_factory=InitConfig)
@@ -215,6 +235,7 @@ class RunConfig:
     freeze: list[str] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

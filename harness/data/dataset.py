@@ -26,6 +26,11 @@ from harness.errors import HarnessError
 BUILDER_KEYS = ("name", "image_size", "codebook_size", "text_vocab_size", "n_train", "n_val",
                 "n_text_train", "n_text_val", "shard_size", "seed")
 ENCODE_BATCH = 64
+# data.corpus -> the shards it reads. Unconditional image models and caption-only LMs read the
+# caption shards; the first keeps only the image, the second only the caption.
+STORED_AS = {"captions": "captions", "images": "captions", "caption_text": "captions", "text": "text"}
+WITH_IMAGES = ("captions", "images")
+WITH_TEXT = ("captions", "caption_text", "text")
 
 
 @dataclass(frozen=True)
@@ -37,17 +42,18 @@ class Dataset:
     def layout(self, corpus: str) -> VocabLayout:
         text = self.manifest["text_tokenizer"]
         specials = text["specials"]
-        codebook = self.manifest["image_tokenizer"]["codebook_size"] if corpus == "captions" else 0
+        codebook = self.manifest["image_tokenizer"]["codebook_size"] if corpus in WITH_IMAGES else 0
         return VocabLayout(text["vocab_size"], specials["pad"], specials["bos"], specials["eos"], codebook)
 
     def shard_entries(self, corpus: str, split: str) -> list[dict]:
+        stored = STORED_AS[corpus]
         try:
-            return self.manifest["corpora"][corpus][split]
+            return self.manifest["corpora"][stored][split]
         except KeyError:
-            raise HarnessError(f"{self.root / shards.MANIFEST}: no {corpus}/{split} split") from None
+            raise HarnessError(f"{self.root / shards.MANIFEST}: no {stored}/{split} split") from None
 
     def reader(self, corpus: str, split: str) -> ShardReader:
-        return ShardReader(self.root / corpus, self.shard_entries(corpus, split))
+        return ShardReader(self.root / STORED_AS[corpus], self.shard_entries(corpus, split))
 
 
 def dataset_dir(config: DataConfig, data_root: Path) -> Path:
@@ -112,8 +118,8 @@ def _verified_cache() -> Path:
 
 
 def restore_command(config: DataConfig) -> str:
-    return ("restore it with `dvc pull data.dvc` (the tokenize job that produces it from raw "
-            "shards is not part of this harness yet)")
+    return (f"restore it with `dvc pull data.dvc`, or make it: `harness data raw data={config.name}` "
+            f"then `harness submit experiment=tokenize data={config.name}`")
 
 
 def build_synthetic(config: DataConfig, root: Path) -> None:
@@ -123,6 +129,7 @@ def build_synthetic(config: DataConfig, root: Path) -> None:
     staging.mkdir(parents=True)
     tokenizer = text_tokenizer.train_bpe(_bpe_corpus(config), config.text_vocab_size, staging / "tokenizer.json")
     image_tokenizer = ImageTokenizer.random(tiny_movq_config(config.codebook_size), config.seed)
+    image_tokenizer.fit_codebook(_codebook_images(config), config.seed)
     image_tokenizer.save(staging / "image_tokenizer")
     corpora: dict[str, dict[str, list[dict]]] = {"captions": {}, "text": {}}
     for split, count in (("train", config.n_train), ("val", config.n_val)):
@@ -150,6 +157,14 @@ def build_synthetic(config: DataConfig, root: Path) -> None:
     })
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)
+
+
+def _codebook_images(config: DataConfig) -> np.ndarray:
+    """The training images the smoke tokenizer's codebook is fitted to (at least 16 latents per code)."""
+    per_image = (config.image_size // 8) ** 2
+    count = min(config.n_train, -(-16 * config.codebook_size // per_image))
+    return np.stack([synthetic.captioned_image(i, "train", config.image_size, config.seed).pixels
+                     for i in range(count)])
 
 
 def _bpe_corpus(config: DataConfig) -> Iterator[str]:

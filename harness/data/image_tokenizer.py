@@ -179,6 +179,27 @@ class ImageTokenizer:
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
+    # ---- smoke tokenizers: a codebook that covers the data ----
+
+    @torch.no_grad()
+    def fit_codebook(self, pixels: np.ndarray, seed: int, iterations: int = 10) -> None:
+        """Replace the codebook by k-means centres (k-means++ seeding, Lloyd steps) of these
+        images' encoder latents. A random codebook barely meets the latents of a random encoder
+        (a few dozen codes in use, colours indistinct); fitted, the codes of a random-weight
+        tokenizer tell colours and shapes apart, so smoke-scale image losses mean something."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        with exact_fp32():
+            latents = self.model.encode(x.to(self.device)).latents.float()
+        points = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).cpu()
+        generator = torch.Generator().manual_seed(seed)
+        centres = _kmeans_pp(points, self.codebook_size, generator)
+        for _ in range(iterations):
+            nearest = torch.cdist(points, centres).argmin(1)
+            for k in nearest.unique():
+                centres[k] = points[nearest == k].mean(0)
+        self.codebook.copy_(centres.to(self.codebook))
+        self.weights += f"; codebook fitted to the data's latents (k-means, seed {seed})"
+
     # ---- encode ----
 
     @torch.no_grad()
@@ -228,6 +249,19 @@ class ImageTokenizer:
         """ids [B, h*w] -> uint8 [B, 8h, 8w, 3] on the CPU (the inverse of encode's scaling)."""
         image = (self.decode(ids, height_codes) + 1.0) * 127.5
         return image.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _kmeans_pp(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each next centre drawn with probability proportional to its squared
+    distance from the nearest centre so far."""
+    centres = [points[torch.randint(len(points), (1,), generator=generator)].squeeze(0)]
+    distance = (points - centres[0]).pow(2).sum(1)
+    for _ in range(k - 1):
+        weights = distance if distance.sum() > 0 else torch.ones_like(distance)
+        chosen = points[torch.multinomial(weights, 1, generator=generator)].squeeze(0)
+        centres.append(chosen)
+        distance = torch.minimum(distance, (points - chosen).pow(2).sum(1))
+    return torch.stack(centres)
 
 
 def _grid(count: int, height: int | None) -> tuple[int, int]:

@@ -57,9 +57,10 @@ class RankStream:
     """The samples one rank trains on, step by step, resumable from a global position."""
 
     def __init__(self, reader: ShardReader, order: EpochOrder, layout: VocabLayout, seq_len: int,
-                 rank: int, world_size: int, local_batch: int) -> None:
+                 rank: int, world_size: int, local_batch: int, with_text: bool = True) -> None:
         self.reader, self.order, self.layout, self.seq_len = reader, order, layout, seq_len
         self.rank, self.world_size, self.local_batch = rank, world_size, local_batch
+        self.with_text = with_text
 
     @property
     def global_batch(self) -> int:
@@ -69,12 +70,13 @@ class RankStream:
         start = step * self.global_batch + self.rank * self.local_batch
         located = [self.order.at(p) for p in range(start, start + self.local_batch)]
         samples = [self.reader.sample(shard, offset) for _, shard, offset in located]
-        tokens = torch.stack([sequence(s, self.layout, self.seq_len) for s in samples])
+        tokens = torch.stack([sequence(s, self.layout, self.seq_len, self.with_text) for s in samples])
         return Batch(tokens, tuple(s.sample_id for s in samples), located[0][0])
 
 
-def sequence(sample: Sample, layout: VocabLayout, seq_len: int) -> torch.Tensor:
-    """`<bos> caption <boi> image <eoi>` (or `<bos> text <eos>`), padded to seq_len.
+def sequence(sample: Sample, layout: VocabLayout, seq_len: int, with_text: bool = True) -> torch.Tensor:
+    """`<bos> caption <boi> image <eoi>`, `<bos> text <eos>` (a text-only layout), or without text
+    `<boi> image <eoi>` (unconditional: no text target at all), padded to seq_len.
 
     The caption (or document) is truncated to fit; image tokens never are.
     """
@@ -83,9 +85,11 @@ def sequence(sample: Sample, layout: VocabLayout, seq_len: int) -> torch.Tensor:
         tail = [layout.boi, *image, layout.eoi]
     else:
         tail = [layout.eos]
-    room = seq_len - 1 - len(tail)
+    head = [layout.bos] if with_text else []
+    room = seq_len - len(head) - len(tail)
     if room < 0:
         raise ValueError(f"seq_len {seq_len} cannot hold {len(tail)} image and special tokens")
-    ids = [layout.bos, *(int(t) for t in sample.text_ids[:room]), *tail]
+    text = [int(t) for t in sample.text_ids[:room]] if with_text else []
+    ids = [*head, *text, *tail]
     ids += [layout.pad] * (seq_len - len(ids))
     return torch.tensor(ids, dtype=torch.long)

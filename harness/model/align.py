@@ -32,7 +32,7 @@ from harness.data.stream import EpochOrder
 from harness.errors import HarnessError
 from harness.train import model_file
 from harness.train.metrics import MetricsWriter
-from harness.train.sources import resolve_source
+from harness.train.sources import load_source
 
 ALIGNMENT_FILE = "alignment.pt"
 TABLES = {"input": "tok_embeddings.weight", "output": "output.weight"}
@@ -89,7 +89,7 @@ def align(config: RunConfig, run_dir: Path, log=print) -> dict:
     data_root = Path(config.paths.data_root)
     dataset = open_dataset(config.data, data_root)
     layout = dataset.layout("captions")
-    lm = model_file.load_model_file(resolve_source(config))
+    lm = load_source(config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = config.align
     train, val = (Pairs(dataset, "train", config.seed, settings.shuffle_captions), Pairs(dataset, "val", config.seed))

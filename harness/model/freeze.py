@@ -8,6 +8,7 @@ Part names (the `freeze` list of a run):
     attention      every layer's q/k/v and output projections
     ffn            every layer's SwiGLU weights
     layers:A-B     whole blocks A..B inclusive (0-based; `layers:3` is one block)
+    layers:lower_half, layers:upper_half   the first or last n_layers // 2 blocks (any size)
 
 Whole tensors are frozen with requires_grad=False and never reach the optimizer. Frozen rows inside
 a trained tensor get a zero gradient; AdamW would still move them by weight decay, so such tensors
@@ -24,7 +25,7 @@ import torch
 from harness.data.vocab import VocabLayout
 from harness.model.open_lm import OpenLM
 
-PARTS = ("embeddings", "layernorm", "attention", "ffn", "layers:A-B")
+PARTS = ("embeddings", "layernorm", "attention", "ffn", "layers:lower_half", "layers:upper_half", "layers:A-B")
 ROW_FROZEN = ("tok_embeddings.weight", "output.weight")
 _LAYERS = re.compile(r"layers:(\d+)(?:-(\d+))?")
 
@@ -54,22 +55,30 @@ class FreezePlan:
 def check_parts(parts: list[str], n_layers: int) -> None:
     """Raise FreezeError naming the first part that is not a known name or a valid layer range."""
     for part in parts:
-        if part in PARTS[:-1]:
-            continue
-        match = _LAYERS.fullmatch(part)
-        if not match:
-            raise FreezeError(f"unknown part '{part}'; valid: {', '.join(PARTS)}")
-        first, last = int(match[1]), int(match[2] or match[1])
-        if not first <= last < n_layers:
-            raise FreezeError(f"'{part}' is not a layer range within 0-{n_layers - 1}")
+        layer_range(part, n_layers)
+
+
+def layer_range(part: str, n_layers: int) -> range:
+    """The blocks a part freezes whole (empty for the other parts)."""
+    half = n_layers // 2
+    named = {"layers:lower_half": range(half), "layers:upper_half": range(n_layers - half, n_layers)}
+    if part in named:
+        return named[part]
+    if part in PARTS[:4]:
+        return range(0)
+    match = _LAYERS.fullmatch(part)
+    if not match:
+        raise FreezeError(f"unknown part '{part}'; valid: {', '.join(PARTS)}")
+    first, last = int(match[1]), int(match[2] or match[1])
+    if not first <= last < n_layers:
+        raise FreezeError(f"'{part}' is not a layer range within 0-{n_layers - 1}")
+    return range(first, last + 1)
 
 
 def plan_freeze(model: OpenLM, parts: list[str], layout: VocabLayout) -> FreezePlan:
-    check_parts(parts, model.arch.n_layers)
     layers: set[int] = set()
     for part in parts:
-        if match := _LAYERS.fullmatch(part):
-            layers.update(range(int(match[1]), int(match[2] or match[1]) + 1))
+        layers.update(layer_range(part, model.arch.n_layers))
     frozen = {name for name, _ in model.named_parameters() if _whole_tensor_frozen(name, parts, layers)}
     return FreezePlan(frozenset(frozen), layout.text_size if "embeddings" in parts else 0)
 

@@ -19,17 +19,37 @@ VOCAB_PARAMS = ("tok_embeddings.weight", "output.weight")
 NEW_ROWS_SEED_OFFSET = 7919  # new-row draws use their own stream, apart from the body's init
 
 
-def build_model(config: RunConfig, layout: VocabLayout, source: dict | None = None) -> OpenLM:
-    """The run's model at step 0. `source` is a loaded model file (see train.model_file)."""
+def build_model(config: RunConfig, layout: VocabLayout, source: dict | None = None,
+                alignment: dict | None = None) -> OpenLM:
+    """The run's model at step 0. `source` is a loaded model file (see train.model_file),
+    `alignment` a loaded alignment (see model.align)."""
     arch = Architecture.from_config(config.model, layout.size)
     torch.manual_seed(config.seed)
     model = OpenLM(arch)
-    if config.init.strategy == "pretrained":
+    if config.init.strategy in ("pretrained", "aligned"):
         if source is None:
-            raise ValueError("init.strategy=pretrained needs a source model")
+            raise ValueError(f"init.strategy={config.init.strategy} needs a source model")
         std = config.init.new_row_std if config.init.new_row_std is not None else config.model.init_std
         copy_pretrained(model, source, layout, std, seed=config.seed + NEW_ROWS_SEED_OFFSET)
+    if config.init.strategy == "aligned":
+        if alignment is None:
+            raise ValueError("init.strategy=aligned needs an alignment")
+        copy_aligned_rows(model, alignment, layout)
     return model
+
+
+def copy_aligned_rows(model: OpenLM, alignment: dict, layout: VocabLayout) -> None:
+    """The image-code rows of the input embedding and output projection from the alignment;
+    <boi> and <eoi> keep their N(0, std) draws."""
+    rows = slice(layout.image_offset, layout.image_offset + layout.codebook_size)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, table in (("input", "tok_embeddings.weight"), ("output", "output.weight")):
+            aligned = alignment["rows"][name]
+            if aligned.shape != state[table][rows].shape:
+                raise ValueError(f"alignment rows '{name}' have shape {tuple(aligned.shape)}, this model's image "
+                                 f"rows {tuple(state[table][rows].shape)}")
+            state[table][rows].copy_(aligned)
 
 
 def copy_pretrained(model: OpenLM, source: dict, layout: VocabLayout, new_row_std: float, seed: int) -> None:

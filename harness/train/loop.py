@@ -24,10 +24,11 @@ import torch
 import torch.distributed as dist
 
 from harness.config import RunConfig, load_run_config
-from harness.data.dataset import open_dataset
+from harness.data.dataset import WITH_TEXT, open_dataset
 from harness.data.stream import EpochOrder, RankStream
 from harness.data.vocab import VocabLayout
 from harness.errors import HarnessError
+from harness.model.align import load_alignment
 from harness.model.freeze import FreezePlan, apply_freeze, plan_freeze
 from harness.model.init import build_model
 from harness.rundir import RunDir
@@ -38,7 +39,7 @@ from harness.train.losses import LossSums, count_targets, split_sums, token_loss
 from harness.train.metrics import MetricsWriter, truncate_after
 from harness.train.preemption import CHECKPOINTED_EXIT, StopFlag, agree
 from harness.train.schedule import warmup_cosine
-from harness.train.sources import resolve_source
+from harness.train.sources import load_source, resolve_alignment
 
 
 class Checkpointed(Exception):
@@ -63,12 +64,10 @@ def train(run_dir: Path) -> None:
         raise HarnessError(f"dataset at {dataset.root} has hash {dataset.data_hash[:12]}, but this run was "
                            f"submitted on {expected[:12]}: restore that version (dvc pull) or resubmit with --force")
     layout = dataset.layout(config.data.corpus)
-    entries = dataset.shard_entries(config.data.corpus, "train")
-    stream = RankStream(dataset.reader(config.data.corpus, "train"),
-                        EpochOrder([e["samples"] for e in entries], seed=config.seed), layout,
-                        config.data.seq_len, rank, world, config.train.micro_batch * config.train.grad_accum)
-    source = model_file.load_model_file(resolve_source(config)) if config.init.strategy == "pretrained" else None
-    model = build_model(config, layout, source)
+    stream = training_stream(config, dataset, rank, world)
+    source = load_source(config) if config.init.strategy != "random" else None
+    alignment = load_alignment(resolve_alignment(config)) if config.init.strategy == "aligned" else None
+    model = build_model(config, layout, source, alignment)
     freeze = plan_freeze(model, config.freeze, layout)
     apply_freeze(model, freeze)
     if rank == 0:
@@ -85,6 +84,16 @@ def train(run_dir: Path) -> None:
     dist.barrier()
     # Tear the process group down explicitly: left to interpreter exit, gloo's threads can abort.
     dist.destroy_process_group()
+
+
+def training_stream(config: RunConfig, dataset, rank: int, world: int) -> RankStream:
+    """What one rank trains on: the configured corpus of the train split, in the seeded order."""
+    entries = dataset.shard_entries(config.data.corpus, "train")
+    return RankStream(dataset.reader(config.data.corpus, "train"),
+                      EpochOrder([e["samples"] for e in entries], seed=config.seed),
+                      dataset.layout(config.data.corpus), config.data.seq_len, rank, world,
+                      config.train.micro_batch * config.train.grad_accum,
+                      with_text=config.data.corpus in WITH_TEXT)
 
 
 def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream, layout: VocabLayout,

@@ -47,7 +47,7 @@ def test_list_experiments():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["experiment=nope"], "unknown experiment 'nope' (command line); valid: pretrain_text, pretrained"),
+    (["experiment=nope"], "unknown experiment 'nope' (command line); valid: align, caption_lm"),
     (["train.lr=abc"], "train.lr: Value 'abc' of type 'str' could not be converted to Float (command line: train.lr=abc)"),
     (["no_such_key=1"], "unknown key 'no_such_key' (command line)"),
     (["train.no_such=1"], "unknown key 'train.no_such' (command line); valid keys here: steps,"),
