@@ -228,6 +228,10 @@ def _worker(args: argparse.Namespace) -> int:
         from harness.data.tokenize import main as job_main
     elif job == "align":
         from harness.model.align import main as job_main
+    elif job == "eval_image":
+        from harness.eval.image_job import main as job_main
+    elif job == "eval_language":
+        from harness.eval.language import main as job_main
     else:
         from harness.train.loop import main as job_main
     return job_main(args.run_dir, args.error_file)

@@ -54,9 +54,21 @@ def plan(overrides: list[str], log=print, allow_missing_data: bool = False) -> l
 
 
 def upstream_keys(config: RunConfig) -> list[str]:
-    """The init.* keys that name another run this one starts from."""
-    keys = ["source"] if config.init.strategy in ("pretrained", "aligned") or config.job == "align" else []
-    return keys + (["alignment"] if config.init.strategy == "aligned" else [])
+    """The keys (`section.key`) that name another run this one starts from or evaluates."""
+    if config.job in ("eval_image", "eval_language"):
+        return ["eval.run"]
+    keys = ["init.source"] if config.init.strategy in ("pretrained", "aligned") or config.job == "align" else []
+    return keys + (["init.alignment"] if config.init.strategy == "aligned" else [])
+
+
+def upstream_value(config: RunConfig, key: str) -> str | None:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def _with_value(config: RunConfig, key: str, value) -> RunConfig:
+    section, name = key.split(".")
+    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{name: value})})
 
 
 def _plan_one(composed: ComposedRun, log, allow_missing_data: bool = False) -> list[PlannedRun]:
@@ -65,18 +77,22 @@ def _plan_one(composed: ComposedRun, log, allow_missing_data: bool = False) -> l
         return _plan_tokenize(config, composed.overrides)
     upstream: list[PlannedRun] = []
     for key in upstream_keys(config):
-        value = getattr(config.init, key)
+        value = upstream_value(config, key)
         if value in list_experiments():
             upstream += _plan_one(_compose_upstream(value, composed.overrides), log, allow_missing_data)
-            config = dataclasses.replace(config, init=dataclasses.replace(config.init, **{key: upstream[-1].run.name}))
+            config = _with_value(config, key, upstream[-1].run.name)
         else:
             config = _check_reference(config, key, log if allow_missing_data else None)
     if config.job != "train":
         config = _single_process(config)
     data = _data_of(config, log, allow_missing_data)
-    run_id = run_id_of(config, data["hash"])
-    run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id)
-    return [*upstream, PlannedRun(config, composed.overrides, run, data)]
+    parts = config.eval.parts if config.job == "eval_image" else 1
+    planned = []
+    for part in range(parts):  # an eval_image job array: one run per chunk of samples
+        part_config = _with_value(config, "eval.part", part) if config.job == "eval_image" else config
+        run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id_of(part_config, data["hash"]))
+        planned.append(PlannedRun(part_config, composed.overrides, run, data))
+    return [*upstream, *planned]
 
 
 def _data_of(config: RunConfig, log, allow_missing_data: bool) -> dict:
@@ -92,20 +108,21 @@ def _data_of(config: RunConfig, log, allow_missing_data: bool) -> dict:
 def _check_reference(config: RunConfig, key: str, warn=None) -> RunConfig:
     """A named upstream run must be done; a path must exist (and is made absolute: tasks run
     elsewhere). Checked before anything is written."""
-    value = getattr(config.init, key) or ""
+    value = upstream_value(config, key) or ""
     if is_run_reference(value):
         upstream = RunDir(Path(config.paths.runs_root) / value)
         if upstream.state() != RunState.DONE:
-            raise HarnessError(f"init.{key}={value}: that run is {upstream.state().value}, not done "
+            raise HarnessError(f"{key}={value}: that run is {upstream.state().value}, not done "
                                f"(under {config.paths.runs_root})")
         return config
-    if not Path(value).exists():
-        problem = (f"init.{key}={value!r}: not an experiment ({', '.join(list_experiments())}), "
-                   "not <experiment>/<run_id>, and no such file")
+    if key == "eval.run" or not Path(value).exists():
+        problem = (f"{key}={value!r}: not an experiment ({', '.join(list_experiments())}), "
+                   "not <experiment>/<run_id>" + ("" if key == "eval.run" else ", and no such file"))
         if warn is None:
             raise HarnessError(problem)
         warn(f"warning: {problem} (yet)")
-    return dataclasses.replace(config, init=dataclasses.replace(config.init, **{key: str(Path(value).resolve())}))
+        return config
+    return _with_value(config, key, str(Path(value).resolve()))
 
 
 def _compose_upstream(experiment: str, overrides: tuple[str, ...]) -> ComposedRun:

@@ -30,7 +30,7 @@ from harness.launch import snapshot
 from harness.launch.executor import make_executor, render_sbatch, submit_all
 from harness.launch.image import git_sha_mismatch, identify
 from harness.launch.task import RunTask
-from harness.plan import PlannedRun, plan, upstream_keys
+from harness.plan import PlannedRun, plan, upstream_keys, upstream_value
 from harness.provenance import code_snapshot_id, git_state, submit_provenance
 from harness.rundir import RunDir, RunState
 from harness.status import wait_for
@@ -184,6 +184,14 @@ def _summary(planned: PlannedRun) -> str:
                 f"dataset {'complete' if s['manifest'] else 'waits for other parts'}")
     records = read_metrics(run.metrics_path)
     final = records[-1] if records else {"step": 0}
+    if planned.config.job == "eval_language":
+        r = json.loads((run.path / "result.json").read_text())
+        return "  ".join(f"{name} {_fmt(task['accuracy'])}" for name, task in r["tasks"].items()) or "no tasks"
+    if planned.config.job == "eval_image":
+        r = json.loads((run.path / "result.json").read_text())
+        if "metric" not in r:
+            return r["note"]
+        return f"{r['metric']} {_fmt(r['value'])} over {r['samples']} samples of {r['run']} at step {r['step']}"
     if planned.config.job == "align":
         return (f"final loss {_fmt(final.get('loss'))}  held-out top-1 {_fmt(final.get('val_top1'))} "
                 f"(chance {_fmt(final.get('chance'))}; {final['step']} steps)")
@@ -238,7 +246,7 @@ def _stage(planned: PlannedRun, needed: set[str], depth: dict[str, int]) -> tupl
 def _upstreams(planned: PlannedRun) -> list[RunDir]:
     """The runs of this harness a run starts from (its LM, its alignment)."""
     root = Path(planned.config.paths.runs_root)
-    values = [getattr(planned.config.init, key) for key in upstream_keys(planned.config)]
+    values = [upstream_value(planned.config, key) for key in upstream_keys(planned.config)]
     return [RunDir(root / value) for value in values if value and is_run_reference(value)]
 
 

@@ -38,7 +38,7 @@ SCHEMA_NAME = "harness_schema"
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.positional": ("rotary", "head_rotary", "none"),
     "model.attention": ("sdpa", "flash", "efficient", "math"),
-    "job": ("train", "tokenize", "align"),
+    "job": ("train", "tokenize", "align", "eval_image", "eval_language"),
     "data.kind": ("synthetic", "prebuilt"),
     "data.raw.source": ("urls", "shapes", "external"),
     "data.tokenizer.image_variant": ("67M", "102M", "270M", "tiny"),
@@ -73,6 +73,15 @@ def list_groups() -> list[str]:
     return group_options("group")
 
 
+# Short forms of the command line: `harness submit experiment=eval_image run=<exp>/<id> step=N`.
+ALIASES = {"run": "eval.run", "step": "eval.step"}
+
+
+def expand_aliases(overrides: list[str]) -> list[str]:
+    return [f"{ALIASES[_key(o)]}={o.split('=', 1)[1]}" if _key(o) in ALIASES and "=" in o else o
+            for o in overrides]
+
+
 def expand_groups(overrides: list[str]) -> list[str]:
     """Replace `experiment=<group>` by the group's overrides; the command line's own keys win."""
     for index, text in enumerate(overrides):
@@ -94,7 +103,7 @@ def compose_runs(overrides: Iterable[str]) -> list[ComposedRun]:
     The user's defaults (HARNESS_CLUSTER, ~/.config/harness/defaults.yaml) come first; an override
     on the command line for the same key replaces them.
     """
-    overrides = expand_groups(with_user_defaults(list(overrides)))
+    overrides = expand_groups(with_user_defaults(expand_aliases(list(overrides))))
     return [_compose_one(list(combo)) for combo in expand_sweeps(overrides)]
 
 

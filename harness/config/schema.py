@@ -133,6 +133,10 @@ class TrainConfig:
     collective_timeout_min: int = 30
     # Write the sample ids each rank reads during the first epoch (small scales only).
     log_sample_ids: bool = False
+    # Held-out losses into eval/val_loss@<step>.json: every N steps (0: only at the end), over the
+    # first `eval_samples` validation samples (0: all of them).
+    eval_every_steps: int = 0
+    eval_samples: int = 0
 
 
 @dataclass
@@ -206,6 +210,39 @@ class AlignConfig:
 
 
 @dataclass
+class EvalConfig:
+    """experiment=eval_image: held-out losses, generation, FD/FID and CLIP score of a trained run."""
+
+    # The trained run: an experiment (resolved to its run, which is submitted first if needed) or
+    # <experiment>/<run_id>. Results go into that run's eval/ directory.
+    run: Optional[str] = None
+    step: int = 0                  # 0: the final model; else a kept checkpoint's step
+    # Captions and reference images: a data config (coco2014_val at paper scale); null = the
+    # trained run's own validation split.
+    data: Optional[str] = None
+    samples: int = 64              # images generated (30,000 for the paper's FID)
+    parts: int = 1                 # a job array over sample chunks; the last part computes the metric
+    part: int = 0                  # set per array task by the planner
+    batch_size: int = 16
+    loss_samples: int = 0          # held-out losses over the first N validation samples (0: all)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    cfg_scale: float = 1.0
+    seed: int = 0
+    grid: int = 16                 # images per saved grid
+    # TorchScript Inception (clean-fid's file; relative to paths.data_root) and its sha256. Unset:
+    # a fixed random extractor, reported as "FD (random extractor)", never as FID.
+    inception: str = ""
+    inception_sha256: str = ""
+    clip: str = ""                 # a transformers CLIPModel directory; unset: no CLIP score
+    # experiment=eval_language: local task files (JSONL; relative to paths.data_root) and prompts
+    # answered greedily, recorded as text.
+    language_tasks: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TokenizeConfig:
     """experiment=tokenize: raw shards -> tokenized shards + manifest, as a job array of `parts`."""
 
@@ -219,7 +256,7 @@ class TokenizeConfig:
 
 @dataclass
 class RunConfig:
-    # train | tokenize | align: what each task of the run's job does.
+    # train | tokenize | align | eval_image | eval_language: what each task of the run's job does.
     job: str = "train"
     experiment: str = "random_init"
     scale: str = "smoke"
@@ -227,6 +264,9 @@ class RunConfig:
     # The pre-trained LM the experiments start from (their init.source): the pretrain_text
     # experiment at small scales; the released open_lm-1b checkpoint at paper scale.
     pretrained_lm: str = "pretrain_text"
+    # Steps of experiment=pretrain_text (the stand-in for open_lm's 1.6T-token pre-training: it
+    # must learn its facts corpus, so it trains longer than the image-caption runs of its scale).
+    pretrain_text_steps: int = 600
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     init: InitConfig = field(default_factory=InitConfig)
@@ -236,6 +276,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from PIL import Image
 from harness.config.schema import DataConfig, RunConfig
 from harness.data import raw, shards
 from harness.data.dataset import dataset_dir
-from harness.errors import HarnessError
+from harness.errors import HarnessError, run_job
 
 SPLITS = ("train", "val")
 EXAMPLE_KEYS = 5  # skipped sample keys kept per reason in a report
@@ -278,23 +277,19 @@ def _write_json(path: Path, body: dict) -> None:
 # --- the worker entry point --------------------------------------------------------------------
 
 def main(run_dir: str, error_file: str | None = None) -> int:
-    """One part, in a task of the job array; on failure leave a one-line reason for the host."""
+    """One part, in a task of the job array."""
     from harness.config import load_run_config
     from harness.rundir import RunDir
 
     run = RunDir(Path(run_dir))
-    try:
-        config = load_run_config(run.config_path)
-        prefix = f"tokenize part {config.tokenize.part}/{config.tokenize.parts}"
+    config = load_run_config(run.config_path)
+    prefix = f"tokenize part {config.tokenize.part}/{config.tokenize.parts}"
+
+    def work() -> None:
         summary = tokenize_part(config, Path(config.paths.data_root), lambda msg: print(f"{prefix}: {msg}", flush=True))
         _write_json(run.path / "tokenize.json", summary)
-    except Exception as exc:
-        reason = " ".join((str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}").split())
-        print(f"tokenize failed: {reason}", file=sys.stderr, flush=True)
-        if error_file:
-            Path(error_file).write_text(reason + "\n")
-        raise
-    return 0
+
+    return run_job(work, error_file, "tokenize")
 
 
 # --- making the raw shards (`harness data raw`) ------------------------------------------------

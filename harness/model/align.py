@@ -29,7 +29,7 @@ from harness.config.schema import RunConfig
 from harness.data.dataset import Dataset, open_dataset
 from harness.data.shards import Sample
 from harness.data.stream import EpochOrder
-from harness.errors import HarnessError
+from harness.errors import HarnessError, run_job
 from harness.train import model_file
 from harness.train.metrics import MetricsWriter
 from harness.train.sources import load_source
@@ -156,18 +156,10 @@ def load_alignment(path: Path) -> dict:
 
 
 def main(run_dir: str, error_file: str | None = None) -> int:
-    """The align job's single task; on failure leave a one-line reason for the host."""
+    """The align job's single task."""
     from harness.config import load_run_config
     from harness.rundir import RunDir
 
     run = RunDir(Path(run_dir))
-    try:
-        config = load_run_config(run.config_path)
-        align(config, run.path, log=lambda msg: print(msg, flush=True))
-    except Exception as exc:
-        reason = " ".join((str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}").split())
-        print(f"align failed: {reason}", flush=True)
-        if error_file:
-            Path(error_file).write_text(reason + "\n")
-        raise
-    return 0
+    config = load_run_config(run.config_path)
+    return run_job(lambda: align(config, run.path, log=lambda msg: print(msg, flush=True)), error_file, "align")

@@ -64,8 +64,15 @@ class RotaryEmbedding(nn.Module):
         self.by_head = by_head
         self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim))
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # q, k: [batch, seq, heads, head_dim]; head_rotary indexes the rotation by the head axis.
+    def forward(self, q: torch.Tensor, k: torch.Tensor,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # q, k: [batch, seq, heads, head_dim]; head_rotary indexes the rotation by the head axis
+        # (so positions, e.g. after a KV cache or left padding, do not matter to it).
+        if positions is not None and not self.by_head:
+            angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq  # [batch, seq, half]
+            cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+            cos, sin = cos[:, :, None].to(q.dtype), sin[:, :, None].to(q.dtype)
+            return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         axis = 2 if self.by_head else 1
         index = torch.arange(q.shape[axis], device=q.device, dtype=self.inv_freq.dtype)
         angles = torch.outer(index, self.inv_freq)
@@ -91,14 +98,18 @@ class Attention(nn.Module):
         self.pos_embed = (RotaryEmbedding(self.head_dim, by_head=arch.positional == "head_rotary")
                           if arch.positional != "none" else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: "DecodeStep | None" = None) -> torch.Tensor:
         batch, seq, _ = x.shape
         q, k, v = self.in_proj(x).view(batch, seq, 3, self.n_heads, self.head_dim).unbind(2)
         if self.pos_embed is not None:
-            q, k = self.pos_embed(q, k)
+            q, k = self.pos_embed(q, k, None if step is None else step.positions)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        mask = None
+        if step is not None:
+            k, v = step.extend(self, k, v)
+            mask = step.mask(seq, k.shape[2])
         with sdpa_kernel(self.backends):
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self.out_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -122,8 +133,8 @@ class Block(nn.Module):
         self.attention_norm = nn.LayerNorm(arch.d_model, eps=arch.norm_eps)
         self.ffn_norm = nn.LayerNorm(arch.d_model, eps=arch.norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x))
+    def forward(self, x: torch.Tensor, step: "DecodeStep | None" = None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), step)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -150,9 +161,54 @@ class OpenLM(nn.Module):
             else:
                 nn.init.normal_(param, std=std)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: "KVCache | None" = None, positions: torch.Tensor | None = None,
+                key_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for `tokens` [batch, seq]. Training passes tokens only. Generation may pass a
+        KVCache (tokens then continue what it holds), per-token `positions` (rotary) and
+        `key_valid` [batch, cached + seq] (False for left padding)."""
         x = self.tok_embeddings(tokens)
+        step = None
+        if cache is not None or positions is not None or key_valid is not None:
+            step = DecodeStep(cache, positions, key_valid)
         recompute = self.arch.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
+            x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x, step)
         return self.output(self.norm(x))
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per attention layer: [batch, heads, seen, head_dim]."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def extend(self, layer: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if id(layer) in self.keys:
+            past_k, past_v = self.keys[id(layer)]
+            k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+        self.keys[id(layer)] = (k, v)
+        return k, v
+
+
+@dataclass
+class DecodeStep:
+    """What one generation forward pass needs beyond the tokens."""
+
+    cache: KVCache | None
+    positions: torch.Tensor | None
+    key_valid: torch.Tensor | None
+
+    def extend(self, layer: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.extend(layer, k, v) if self.cache is not None else (k, v)
+
+    def mask(self, queries: int, keys: int) -> torch.Tensor:
+        """Causal over the whole (cached + new) sequence, and no attention to padding."""
+        device = self.key_valid.device if self.key_valid is not None else None
+        query_at = torch.arange(keys - queries, keys, device=device)[:, None]
+        allowed = torch.arange(keys, device=device)[None, :] <= query_at  # [queries, keys]
+        if self.key_valid is None:
+            return allowed
+        # A padding query may see nothing at all; letting it see itself avoids NaN rows.
+        allowed = allowed[None] & self.key_valid[:, None, :keys]
+        allowed = allowed | torch.eye(keys, dtype=torch.bool, device=device)[None, keys - queries:]
+        return allowed[:, None]

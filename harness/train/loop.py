@@ -27,7 +27,8 @@ from harness.config import RunConfig, load_run_config
 from harness.data.dataset import WITH_TEXT, open_dataset
 from harness.data.stream import EpochOrder, RankStream
 from harness.data.vocab import VocabLayout
-from harness.errors import HarnessError
+from harness.errors import HarnessError, one_line
+from harness.eval.losses import held_out_losses, write_val_loss
 from harness.model.align import load_alignment
 from harness.model.freeze import FreezePlan, apply_freeze, plan_freeze
 from harness.model.init import build_model
@@ -80,7 +81,7 @@ def train(run_dir: Path) -> None:
     start = checkpoints.resume(engine, run.checkpoints, world, log)
     if rank == 0:
         _prepare_metrics(run, start.step)
-    _loop(run, config, engine, stream, layout, start, stop, client)
+    _loop(run, config, engine, stream, layout, start, stop, client, dataset)
     dist.barrier()
     # Tear the process group down explicitly: left to interpreter exit, gloo's threads can abort.
     dist.destroy_process_group()
@@ -97,7 +98,7 @@ def training_stream(config: RunConfig, dataset, rank: int, world: int) -> RankSt
 
 
 def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream, layout: VocabLayout,
-          start: checkpoints.Resume, stop: StopFlag, client: dict) -> None:
+          start: checkpoints.Resume, stop: StopFlag, client: dict, dataset) -> None:
     train_cfg, rank, world = config.train, dist.get_rank(), dist.get_world_size()
     metrics = MetricsWriter(run.metrics_path) if rank == 0 else None
     ids_log = _sample_id_log(run, config, rank, start.step)
@@ -130,6 +131,8 @@ def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream, layout: Vo
             last_save = time.time()
             if rank == 0:
                 checkpoints.prune(run.checkpoints, train_cfg.keep_last)
+        if done == train_cfg.steps or (train_cfg.eval_every_steps and done % train_cfg.eval_every_steps == 0):
+            _held_out(run, config, engine, dataset, done)
         if preempt and done < train_cfg.steps:
             raise Checkpointed(f"checkpointed at step {done} on request")
     if ids_log is not None:
@@ -138,6 +141,15 @@ def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream, layout: Vo
         final = checkpoints.complete(run.checkpoints)[-1]
         model_file.save_model_file(run.checkpoints / "final", consolidated_state_dict(final),
                                    client["architecture"], client["layout"], train_cfg.steps, tokens_seen)
+
+
+def _held_out(run: RunDir, config: RunConfig, engine, dataset, step: int) -> None:
+    """Held-out losses on the validation split, every rank scoring its share."""
+    losses = held_out_losses(engine.module, dataset, config.data.corpus, config.data.seq_len,
+                             config.train.micro_batch, limit=config.train.eval_samples)
+    if dist.get_rank() == 0:
+        write_val_loss(run.path, step, losses, dataset.data_hash)
+        print(f"held-out at step {step}: loss_text {losses['loss_text']}  loss_image {losses['loss_image']}", flush=True)
 
 
 def _train_step(engine, tokens: torch.Tensor, config: RunConfig, layout: VocabLayout,
@@ -293,8 +305,7 @@ def main(run_dir: str, error_file: str | None = None) -> int:
         print(f"trainer: {exc}; exiting for requeue", file=sys.stderr, flush=True)
         return CHECKPOINTED_EXIT
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
-        reason = " ".join(reason.split())
+        reason = one_line(exc)
         print(f"trainer failed: {reason}", file=sys.stderr, flush=True)
         if error_file:
             Path(error_file).write_text(reason + "\n")

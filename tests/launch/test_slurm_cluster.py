@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from harness.config import load_run_config
 from harness.rundir import find_runs
 from harness.train.metrics import read_metrics, without_timing
 from tests.conftest import micro_args, run_cli
@@ -62,7 +63,7 @@ def test_a_sweep_is_one_array_job_with_ranks_on_both_nodes(slurm_cluster, tmp_pa
         assert (run.path / "submit.sh").read_text() in dry.stdout  # exactly what --dry-run printed
 
     _, local_run, _ = local_micro_run
-    (seed0,) = [r for r in runs if "seed: 0" in r.config_path.read_text()]
+    (seed0,) = [r for r in runs if load_run_config(r.config_path).seed == 0]
     assert seed0.run_id == local_run.name  # same config and world size: same identity
     assert without_timing(read_metrics(seed0.metrics_path)) == without_timing(read_metrics(local_run / "metrics.jsonl"))
 

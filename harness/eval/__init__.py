@@ -1,0 +1,1 @@
+"""Evaluation: held-out losses, generation, FID and CLIP score."""

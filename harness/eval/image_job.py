@@ -1,0 +1,253 @@
+"""The image evaluation job (`experiment=eval_image eval.run=<exp>/<run_id> eval.step=N`).
+
+For a trained run's checkpoint: held-out losses, images generated from validation captions
+(saved as grids), the Fréchet distance of their features to the real images' (FID with the
+Inception network; "FD (random extractor)" where no Inception weights are configured), and CLIP
+score where a local CLIP model is configured. Results go into the trained run's directory:
+`eval/image@<step>.json` and `eval/samples@<step>/`, each with provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from harness.config.schema import RunConfig
+from harness.data import raw, synthetic
+from harness.data.dataset import Dataset, open_dataset
+from harness.data.image_tokenizer import ImageTokenizer
+from harness.data.tokenize import data_path
+from harness.errors import HarnessError, run_job
+from harness.eval import fid
+from harness.eval.generate import Sampling, generate
+from harness.eval.target import load_model, trained_config
+from harness.eval.losses import held_out_losses, val_positions, write_val_loss
+from harness.rundir import RunDir
+
+
+def evaluate_image(config: RunConfig, log=print) -> dict | None:
+    """This part's samples; the metric once every part is done (returned by the last part)."""
+    settings, data_root = config.eval, Path(config.paths.data_root)
+    target = RunDir(Path(config.paths.runs_root) / settings.run)
+    trained = trained_config(target)
+    eval_data = _eval_data(config, trained)
+    dataset = open_dataset(eval_data, data_root)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, step = load_model(target, settings.step, device)
+    out = target.path / "eval" / f"image@{step}"
+    if settings.part == 0:
+        trained_dataset = open_dataset(trained.data, data_root)
+        losses = held_out_losses(model, trained_dataset, trained.data.corpus, trained.data.seq_len,
+                                 settings.batch_size, limit=settings.loss_samples)
+        write_val_loss(target.path, step, losses, trained_dataset.data_hash)
+        log(f"held-out loss_text {_fmt(losses['loss_text'])}  loss_image {_fmt(losses['loss_image'])}")
+    first, last = _chunk(settings.samples, settings.parts, settings.part)
+    captions, reference = _captions_and_references(dataset, eval_data, first, last)
+    tokenizer = ImageTokenizer.load(dataset.root / dataset.manifest["image_tokenizer"]["directory"],
+                                    dataset.manifest["image_tokenizer"]["weights"], device=device)
+    sampling = Sampling(settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, settings.seed)
+    images = _generate_images(model, tokenizer, captions, dataset, sampling, settings.batch_size, first)
+    _save_grids(images, out / "samples", f"part{settings.part:03d}", settings.grid)
+    extractor = _extractor(config, device)
+    _save_part(out, settings.part, extractor.features(images), extractor.features(reference), captions)
+    log(f"part {settings.part}/{settings.parts}: {len(images)} images generated and featurised")
+    result = _finalize(out, config, extractor, dataset, target, step, sampling)
+    if result is not None:
+        log(f"{result['metric']} {result['value']:.3f} over {result['samples']} samples -> {result['file']}")
+    return result
+
+
+def _finalize(out: Path, config: RunConfig, extractor: fid.Extractor, dataset: Dataset, target: RunDir,
+              step: int, sampling: Sampling) -> dict | None:
+    """The metric over all parts, written once by whichever part completes the set (under a lock)."""
+    settings = config.eval
+    with open(out / ".finalize.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        parts = [out / "parts" / f"{p:03d}.npz" for p in range(settings.parts)]
+        result_path = out.parent / f"image@{step}.json"
+        if not all(p.exists() for p in parts) or result_path.exists():
+            return None
+        loaded = [np.load(p) for p in parts]
+        fake = fid.Statistics.of(np.concatenate([part["fake"] for part in loaded]))
+        cache = _reference_cache(dataset, extractor, settings.samples)
+        real = (fid.Statistics.load(cache) if cache.exists()
+                else fid.Statistics.of(np.concatenate([part["real"] for part in loaded])))
+        if not cache.exists():
+            real.save(cache)
+        texts = [t for part in loaded for t in part["captions"].tolist()]
+        result = {
+            "run": target.name, "step": step, "metric": extractor.metric, "value": fid.frechet_distance(fake, real),
+            "samples": fake.count, "extractor": extractor.identity, "reference": str(cache),
+            "dataset": dataset.data_hash, "image_tokenizer": dataset.manifest["image_tokenizer"]["weights"],
+            "sampling": dataclasses.asdict(sampling),
+            "image_span": "only image codes are sampled between <boi> and the last code (see eval/generate.py)",
+            "clip_score": _clip_score(config, out / "samples", texts),
+            "file": str(result_path), "written": _now(),
+        }
+        result_path.write_text(json.dumps(result, indent=1) + "\n")
+        return result
+
+
+def _save_part(out: Path, part: int, fake: np.ndarray, real: np.ndarray, captions: list["Caption"]) -> None:
+    directory = out / "parts"
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f"{part:03d}.partial.npz"
+    np.savez(partial, fake=fake, real=real, captions=np.array([c.text for c in captions]))
+    partial.replace(directory / f"{part:03d}.npz")
+
+
+def _chunk(total: int, parts: int, part: int) -> tuple[int, int]:
+    size = -(-total // parts)
+    return min(part * size, total), min((part + 1) * size, total)
+
+
+def _eval_data(config: RunConfig, trained: RunConfig):
+    """The data config captions and references come from: eval.data, else the trained run's."""
+    if not config.eval.data:
+        return trained.data
+    from harness.config import compose_runs
+
+    return compose_runs([f"data={config.eval.data}", f"paths.data_root={config.paths.data_root}"])[0].config.data
+
+
+class Caption:
+    def __init__(self, ids: np.ndarray, text: str) -> None:
+        self.ids, self.text = ids, text
+
+
+def _captions_and_references(dataset: Dataset, data, first: int, last: int) -> tuple[list[Caption], np.ndarray]:
+    """Validation captions [first, last) in stored order and the real images they describe."""
+    reader = dataset.reader("captions", "val")
+    positions = val_positions(dataset, "captions", last)[first:]
+    if len(positions) < last - first:
+        raise HarnessError(f"eval.samples={last}: the validation split of '{data.name}' has only "
+                           f"{first + len(positions)} samples")
+    samples = [reader.sample(shard, offset) for shard, offset in positions]
+    captions = [Caption(s.text_ids, s.text) for s in samples]
+    return captions, np.stack(list(_real_images(data, [s.sample_id for s in samples], dataset.root.parent)))
+
+
+def _real_images(data, sample_ids: list[str], data_root: Path) -> Iterator[np.ndarray]:
+    """Synthetic datasets regenerate their images; tokenized ones read their raw val shards."""
+    size = data.image_size
+    if data.kind == "synthetic":
+        for sample_id in sample_ids:  # "<split>-<index>", as the synthetic builder names them
+            split, index = sample_id.rsplit("-", 1)
+            yield synthetic.captioned_image(int(index), split, size, data.seed).pixels
+        return
+    wanted, found = set(sample_ids), {}
+    spec = data_path(data.raw.val, data_root)
+    for path in raw.list_raw_shards(str(spec)):
+        for sample in raw.read_raw_shard(path):
+            if sample.key in wanted:
+                image = Image.open(io.BytesIO(sample.image)).convert("RGB")
+                found[sample.key] = np.asarray(raw.center_crop(image, size) if image.size != (size, size) else image)
+    for sample_id in sample_ids:
+        yield found[sample_id]
+
+
+def _generate_images(model, tokenizer, captions, dataset, sampling, batch_size, first: int) -> np.ndarray:
+    """Each batch's sampling seed follows from its first sample's index: parts and batch sizes
+    do not change which image a caption gets."""
+    layout = dataset.layout("captions")
+    per_image = dataset.manifest["image_tokenizer"]["tokens_per_image"]
+    images = []
+    for start in range(0, len(captions), batch_size):
+        chunk = captions[start:start + batch_size]
+        chunk_sampling = dataclasses.replace(sampling, seed=sampling.seed + first + start)
+        codes = generate(model, [c.ids.tolist() for c in chunk], layout, per_image, chunk_sampling)
+        images.append(tokenizer.decode_to_uint8(codes))
+    return np.concatenate(images)
+
+
+def _save_grids(images: np.ndarray, directory: Path, prefix: str, per_grid: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    side = int(np.ceil(np.sqrt(per_grid)))
+    for number, start in enumerate(range(0, len(images), per_grid)):
+        chunk = images[start:start + per_grid]
+        h, w = chunk.shape[1:3]
+        grid = np.zeros((side * h, side * w, 3), dtype=np.uint8)
+        for i, image in enumerate(chunk):
+            grid[(i // side) * h:(i // side + 1) * h, (i % side) * w:(i % side + 1) * w] = image
+        Image.fromarray(grid).save(directory / f"{prefix}-grid{number:03d}.png")
+        np.save(directory / f"{prefix}-images{number:03d}.npy", chunk)
+
+
+def _extractor(config: RunConfig, device: torch.device) -> fid.Extractor:
+    if config.eval.inception:
+        return fid.inception(data_path(config.eval.inception, Path(config.paths.data_root)),
+                             config.eval.inception_sha256, str(device))
+    return fid.random_extractor(seed=config.eval.seed)
+
+
+def _clip_score(config: RunConfig, samples: Path, texts: list[str]) -> dict:
+    """100 * mean max(cosine(image, caption), 0) with a local CLIP model (transformers)."""
+    if not config.eval.clip:
+        return {"value": None, "note": "not computed: eval.clip (a local CLIP model directory) is not set"}
+    path = data_path(config.eval.clip, Path(config.paths.data_root))
+    if not (path / "config.json").exists():
+        raise HarnessError(f"CLIP model {path} not found (eval.clip: a transformers CLIPModel directory)")
+    from transformers import CLIPModel, CLIPProcessor
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = CLIPModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+    processor = CLIPProcessor.from_pretrained(str(path), local_files_only=True)
+    images = np.concatenate([np.load(p) for p in sorted(samples.glob("*-images*.npy"))])
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(images), 32):
+            inputs = processor(text=texts[start:start + 32], images=list(images[start:start + 32]),
+                               return_tensors="pt", padding=True, truncation=True).to(device)
+            out = model(**inputs)
+            cosine = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds)
+            scores.append((100 * cosine.clamp(min=0)).cpu())
+    return {"value": float(torch.cat(scores).mean()), "model": str(path)}
+
+
+def _reference_cache(dataset: Dataset, extractor: fid.Extractor, count: int) -> Path:
+    """Reference statistics per (dataset version, extractor, sample count), in the user's cache
+    directory: never inside the DVC-tracked dataset."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness" / "fid_reference"
+    return base / f"{dataset.data_hash[:16]}-{_slug(extractor.identity)}-{count}.npz"
+
+
+def _chunks(images: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(images), size):
+        yield images[start:start + size]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text)[:80]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def main(run_dir: str, error_file: str | None = None) -> int:
+    """One part of an eval_image job."""
+    from harness.config import load_run_config
+
+    run = RunDir(Path(run_dir))
+    config = load_run_config(run.config_path)
+
+    def work() -> None:
+        result = evaluate_image(config, log=lambda msg: print(msg, flush=True))
+        summary = result or {"part": config.eval.part, "note": "featurised; another part computes the metric"}
+        (run.path / "result.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    return run_job(work, error_file, "eval")
