@@ -25,7 +25,14 @@ from harness.errors import HarnessError
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Options may come between overrides (`submit experiment=x --wait seed=1`): argparse leaves
+    # the overrides after an option unparsed; they are overrides all the same.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args) or 0
     except HarnessError as exc:

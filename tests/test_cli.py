@@ -154,3 +154,11 @@ def test_a_corrupt_shard_is_refused_at_submit(tmp_path, data_root):
     shard.write_bytes(shard.read_bytes()[:2000])
     result = run_cli("submit", *micro_args(runs_root, broken_root))
     assert result.returncode == 2 and str(shard) in result.stderr and not runs_root.exists()
+
+
+def test_options_may_come_between_overrides(runs_root, data_root):
+    result = run_cli("submit", "experiment=random_init", "--dry-run", *micro_args(runs_root, data_root))
+    assert result.returncode == 0 and "scale=micro" not in result.stderr, result.stderr
+    assert "would run 2 local task(s)" in result.stdout
+    bad = run_cli("submit", "experiment=random_init", "--dry-run", "--no-such-flag")
+    assert bad.returncode == 2 and "unrecognized arguments: --no-such-flag" in bad.stderr
