@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -226,22 +227,18 @@ def _selftest(args: argparse.Namespace) -> int:
     return 0
 
 
+# config.job -> the module whose main(run_dir, error_file) runs one task of that job.
+JOB_MODULES = {"train": "harness.train.loop", "tokenize": "harness.data.tokenize", "align": "harness.model.align",
+               "eval_image": "harness.eval.image_job", "eval_language": "harness.eval.language"}
+
+
 def _worker(args: argparse.Namespace) -> int:
     from harness.config import load_run_config
     from harness.rundir import RunDir
 
     job = load_run_config(RunDir(Path(args.run_dir)).config_path).job
-    if job == "tokenize":
-        from harness.data.tokenize import main as job_main
-    elif job == "align":
-        from harness.model.align import main as job_main
-    elif job == "eval_image":
-        from harness.eval.image_job import main as job_main
-    elif job == "eval_language":
-        from harness.eval.language import main as job_main
-    else:
-        from harness.train.loop import main as job_main
-    return job_main(args.run_dir, args.error_file)
+    # Imported only for the job at hand: each pulls in its own heavy dependencies.
+    return importlib.import_module(JOB_MODULES[job]).main(args.run_dir, args.error_file)
 
 
 if __name__ == "__main__":

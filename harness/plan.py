@@ -86,13 +86,23 @@ def _plan_one(composed: ComposedRun, log, allow_missing_data: bool = False) -> l
     if config.job != "train":
         config = _single_process(config)
     data = _data_of(config, log, allow_missing_data)
-    parts = config.eval.parts if config.job == "eval_image" else 1
+    return [*upstream, *_part_runs(config, composed.overrides, data)]
+
+
+# Jobs that split into a job array of parts: the config section holding `parts` and `part`.
+PARTED = {"tokenize": "tokenize", "eval_image": "eval"}
+
+
+def _part_runs(config: RunConfig, overrides: tuple[str, ...], data: dict) -> list[PlannedRun]:
+    """One run per part of a parted job (the parts become one job array); else the run itself."""
+    section = PARTED.get(config.job)
+    parts = getattr(config, section).parts if section else 1
     planned = []
-    for part in range(parts):  # an eval_image job array: one run per chunk of samples
-        part_config = _with_value(config, "eval.part", part) if config.job == "eval_image" else config
+    for part in range(parts):
+        part_config = _with_value(config, f"{section}.part", part) if section else config
         run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id_of(part_config, data["hash"]))
-        planned.append(PlannedRun(part_config, composed.overrides, run, data))
-    return [*upstream, *planned]
+        planned.append(PlannedRun(part_config, overrides, run, data))
+    return planned
 
 
 def _data_of(config: RunConfig, log, allow_missing_data: bool) -> dict:
@@ -141,18 +151,12 @@ def _absolute_paths(config: RunConfig) -> RunConfig:
 
 
 def _plan_tokenize(config: RunConfig, overrides: tuple[str, ...]) -> list[PlannedRun]:
-    """One run per part (the parts become one job array); identity covers the raw shards read."""
+    """Identity covers the raw shards read (the dataset is what the job makes)."""
     tasks = shard_tasks(config.data, Path(config.paths.data_root))
     fingerprint = raw_fingerprint(tasks)
     data = {"name": config.data.name, "hash": fingerprint, "raw_shards": len(tasks),
             "output": str(dataset_dir(config.data, Path(config.paths.data_root)))}
-    config = _single_process(config)
-    planned = []
-    for part in range(config.tokenize.parts):
-        part_config = dataclasses.replace(config, tokenize=dataclasses.replace(config.tokenize, part=part))
-        run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id_of(part_config, fingerprint))
-        planned.append(PlannedRun(part_config, overrides, run, data))
-    return planned
+    return _part_runs(_single_process(config), overrides, data)
 
 
 def _single_process(config: RunConfig) -> RunConfig:

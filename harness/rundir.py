@@ -107,12 +107,12 @@ class RunDir:
 
     def start_attempt(self, attempt: int, nodes: list[str]) -> None:
         """Recorded by rank 0 when the job starts running."""
-        self._update_attempt(attempt, nodes=nodes, start=_now())
+        self._update_attempt(attempt, nodes=nodes, start=utc_now())
 
     def end_attempt(self, attempt: int, exit_reason: str) -> None:
         """Close an attempt; the first ending recorded wins (a cancel is not overwritten by the
         failure it causes)."""
-        self._update_attempt(attempt, only_open=True, end=_now(), exit_reason=exit_reason)
+        self._update_attempt(attempt, only_open=True, end=utc_now(), exit_reason=exit_reason)
 
     def reopen_attempt(self, attempt: int) -> None:
         """Undo end_attempt when the cancel it recorded could not be carried out."""
@@ -130,7 +130,7 @@ class RunDir:
         self.update_provenance(lambda p: p.update(attempts=[a for a in p["attempts"] if a["attempt"] != attempt]))
 
     def mark_done(self) -> None:
-        self.done_path.write_text(_now() + "\n")
+        self.done_path.write_text(utc_now() + "\n")
 
     def _write_provenance(self, provenance: dict[str, Any]) -> None:
         partial = self.provenance_path.with_suffix(".json.partial")
@@ -215,8 +215,8 @@ def find_runs(runs_root: Path) -> list[RunDir]:
 
 def _new_attempt(number: int, executor: str, job_id: str | None) -> dict[str, Any]:
     return {"attempt": number, "job_id": job_id, "executor": executor, "submit_host": socket.gethostname(),
-            "submitted": _now(), "nodes": [], "start": None, "end": None, "exit_reason": None}
+            "submitted": utc_now(), "nodes": [], "start": None, "end": None, "exit_reason": None}
 
 
-def _now() -> str:
+def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -182,8 +182,6 @@ def _summary(planned: PlannedRun) -> str:
         s = json.loads((run.path / "tokenize.json").read_text())
         return (f"{s['shards']} shards ({s['resumed']} already done), {s.get('written', 0)} samples written; "
                 f"dataset {'complete' if s['manifest'] else 'waits for other parts'}")
-    records = read_metrics(run.metrics_path)
-    final = records[-1] if records else {"step": 0}
     if planned.config.job == "eval_language":
         r = json.loads((run.path / "result.json").read_text())
         return "  ".join(f"{name} {_fmt(task['accuracy'])}" for name, task in r["tasks"].items()) or "no tasks"
@@ -192,6 +190,8 @@ def _summary(planned: PlannedRun) -> str:
         if "metric" not in r:
             return r["note"]
         return f"{r['metric']} {_fmt(r['value'])} over {r['samples']} samples of {r['run']} at step {r['step']}"
+    records = read_metrics(run.metrics_path)
+    final = records[-1] if records else {"step": 0}
     if planned.config.job == "align":
         return (f"final loss {_fmt(final.get('loss'))}  held-out top-1 {_fmt(final.get('val_top1'))} "
                 f"(chance {_fmt(final.get('chance'))}; {final['step']} steps)")

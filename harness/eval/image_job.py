@@ -14,7 +14,6 @@ import fcntl
 import io
 import json
 import os
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -32,7 +31,7 @@ from harness.eval import fid
 from harness.eval.generate import Sampling, generate
 from harness.eval.target import load_model, trained_config
 from harness.eval.losses import held_out_losses, val_positions, write_val_loss
-from harness.rundir import RunDir
+from harness.rundir import RunDir, utc_now
 
 
 def evaluate_image(config: RunConfig, log=print) -> dict | None:
@@ -92,7 +91,7 @@ def _finalize(out: Path, config: RunConfig, extractor: fid.Extractor, dataset: D
             "sampling": dataclasses.asdict(sampling),
             "image_span": "only image codes are sampled between <boi> and the last code (see eval/generate.py)",
             "clip_score": _clip_score(config, out / "samples", texts),
-            "file": str(result_path), "written": _now(),
+            "file": str(result_path), "written": utc_now(),
         }
         result_path.write_text(json.dumps(result, indent=1) + "\n")
         return result
@@ -232,10 +231,6 @@ def _slug(text: str) -> str:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def main(run_dir: str, error_file: str | None = None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +17,7 @@ import torch.distributed as dist
 
 from harness.data.dataset import WITH_TEXT, Dataset
 from harness.data.stream import sequence
+from harness.rundir import utc_now
 from harness.train.losses import LossSums, split_sums, token_losses
 
 SPLIT = "val"
@@ -69,8 +69,7 @@ def write_val_loss(run_path: Path, step: int, losses: dict, data_hash: str) -> P
     """eval/val_loss@<step>.json, with what it was computed on."""
     path = run_path / "eval" / f"val_loss@{step}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    written = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    body = {"step": step, **losses, "provenance": {"dataset": data_hash, "split": SPLIT, "written": written}}
+    body = {"step": step, **losses, "provenance": {"dataset": data_hash, "split": SPLIT, "written": utc_now()}}
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(body, indent=1) + "\n")
     partial.replace(path)
