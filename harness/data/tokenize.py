@@ -128,7 +128,7 @@ def tokenize_shard(task: ShardTask, out: Path, tokenizers: "Tokenizers", config:
         nonlocal samples_in
         for sample in raw.read_raw_shard(task.raw):
             samples_in += 1
-            pixels, reason = _pixels(sample, config.data.image_size)
+            pixels, reason = raw_pixels(sample, config.data.image_size)
             if reason is None and not sample.caption.strip():
                 reason = "empty_caption"
             if reason is not None:
@@ -151,7 +151,7 @@ def tokenize_shard(task: ShardTask, out: Path, tokenizers: "Tokenizers", config:
     return report
 
 
-def _pixels(sample: raw.RawSample, size: int) -> tuple[np.ndarray | None, str | None]:
+def raw_pixels(sample: raw.RawSample, size: int) -> tuple[np.ndarray | None, str | None]:
     if sample.image is None:
         return None, "missing_image"
     try:

@@ -4,14 +4,13 @@ For a trained run's checkpoint: held-out losses, images generated from validatio
 (saved as grids), the Fréchet distance of their features to the real images' (FID with the
 Inception network; "FD (random extractor)" where no Inception weights are configured), and CLIP
 score where a local CLIP model is configured. Results go into the trained run's directory:
-`eval/image@<step>.json` and `eval/samples@<step>/`, each with provenance.
+`eval/image@<step>.json`, `eval/val_loss@<step>.json` and `eval/image@<step>/samples/`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
-import io
 import json
 import os
 from pathlib import Path
@@ -25,7 +24,8 @@ from harness.config.schema import RunConfig
 from harness.data import raw, synthetic
 from harness.data.dataset import Dataset, open_dataset
 from harness.data.image_tokenizer import ImageTokenizer
-from harness.data.tokenize import data_path
+from harness.data.shards import Sample
+from harness.data.tokenize import data_path, raw_pixels
 from harness.errors import HarnessError, run_job
 from harness.eval import fid
 from harness.eval.generate import Sampling, generate
@@ -51,14 +51,20 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
         write_val_loss(target.path, step, losses, trained_dataset.data_hash)
         log(f"held-out loss_text {_fmt(losses['loss_text'])}  loss_image {_fmt(losses['loss_image'])}")
     first, last = _chunk(settings.samples, settings.parts, settings.part)
-    captions, reference = _captions_and_references(dataset, eval_data, first, last)
+    captions = _captions(dataset, eval_data, first, last)
     tokenizer = ImageTokenizer.load(dataset.root / dataset.manifest["image_tokenizer"]["directory"],
                                     dataset.manifest["image_tokenizer"]["weights"], device=device)
     sampling = Sampling(settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, settings.seed)
     images = _generate_images(model, tokenizer, captions, dataset, sampling, settings.batch_size, first)
     _save_grids(images, out / "samples", f"part{settings.part:03d}", settings.grid)
     extractor = _extractor(config, device)
-    _save_part(out, settings.part, extractor.features(images), extractor.features(reference), captions)
+    # The real images' statistics are cached once per (dataset, extractor, count): read and
+    # featurise them only while that cache does not exist.
+    real = None
+    if not _reference_cache(dataset, extractor, settings.samples).exists():
+        real = extractor.features(np.stack(list(_real_images(eval_data, [c.sample_id for c in captions],
+                                                              dataset.root.parent))))
+    _save_part(out, settings.part, extractor.features(images), real, captions)
     log(f"part {settings.part}/{settings.parts}: {len(images)} images generated and featurised")
     result = _finalize(out, config, extractor, dataset, target, step, sampling)
     if result is not None:
@@ -79,6 +85,8 @@ def _finalize(out: Path, config: RunConfig, extractor: fid.Extractor, dataset: D
         loaded = [np.load(p) for p in parts]
         fake = fid.Statistics.of(np.concatenate([part["fake"] for part in loaded]))
         cache = _reference_cache(dataset, extractor, settings.samples)
+        if not cache.exists() and any("real" not in part for part in loaded):
+            raise HarnessError(f"reference statistics {cache} vanished while parts relied on them; resubmit")
         real = (fid.Statistics.load(cache) if cache.exists()
                 else fid.Statistics.of(np.concatenate([part["real"] for part in loaded])))
         if not cache.exists():
@@ -97,11 +105,12 @@ def _finalize(out: Path, config: RunConfig, extractor: fid.Extractor, dataset: D
         return result
 
 
-def _save_part(out: Path, part: int, fake: np.ndarray, real: np.ndarray, captions: list["Caption"]) -> None:
+def _save_part(out: Path, part: int, fake: np.ndarray, real: np.ndarray | None, captions: list[Sample]) -> None:
     directory = out / "parts"
     directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f"{part:03d}.partial.npz"
-    np.savez(partial, fake=fake, real=real, captions=np.array([c.text for c in captions]))
+    arrays = {"fake": fake, "captions": np.array([c.text for c in captions])}
+    np.savez(partial, **arrays, **({"real": real} if real is not None else {}))
     partial.replace(directory / f"{part:03d}.npz")
 
 
@@ -119,21 +128,14 @@ def _eval_data(config: RunConfig, trained: RunConfig):
     return compose_runs([f"data={config.eval.data}", f"paths.data_root={config.paths.data_root}"])[0].config.data
 
 
-class Caption:
-    def __init__(self, ids: np.ndarray, text: str) -> None:
-        self.ids, self.text = ids, text
-
-
-def _captions_and_references(dataset: Dataset, data, first: int, last: int) -> tuple[list[Caption], np.ndarray]:
-    """Validation captions [first, last) in stored order and the real images they describe."""
+def _captions(dataset: Dataset, data, first: int, last: int) -> list[Sample]:
+    """Validation samples [first, last) in stored order: the captions generated from."""
     reader = dataset.reader("captions", "val")
     positions = val_positions(dataset, "captions", last)[first:]
     if len(positions) < last - first:
         raise HarnessError(f"eval.samples={last}: the validation split of '{data.name}' has only "
                            f"{first + len(positions)} samples")
-    samples = [reader.sample(shard, offset) for shard, offset in positions]
-    captions = [Caption(s.text_ids, s.text) for s in samples]
-    return captions, np.stack(list(_real_images(data, [s.sample_id for s in samples], dataset.root.parent)))
+    return [reader.sample(shard, offset) for shard, offset in positions]
 
 
 def _real_images(data, sample_ids: list[str], data_root: Path) -> Iterator[np.ndarray]:
@@ -149,8 +151,7 @@ def _real_images(data, sample_ids: list[str], data_root: Path) -> Iterator[np.nd
     for path in raw.list_raw_shards(str(spec)):
         for sample in raw.read_raw_shard(path):
             if sample.key in wanted:
-                image = Image.open(io.BytesIO(sample.image)).convert("RGB")
-                found[sample.key] = np.asarray(raw.center_crop(image, size) if image.size != (size, size) else image)
+                found[sample.key], _ = raw_pixels(sample, size)  # decoded as the tokenize job did
     for sample_id in sample_ids:
         yield found[sample_id]
 
@@ -164,7 +165,7 @@ def _generate_images(model, tokenizer, captions, dataset, sampling, batch_size, 
     for start in range(0, len(captions), batch_size):
         chunk = captions[start:start + batch_size]
         chunk_sampling = dataclasses.replace(sampling, seed=sampling.seed + first + start)
-        codes = generate(model, [c.ids.tolist() for c in chunk], layout, per_image, chunk_sampling)
+        codes = generate(model, [c.text_ids.tolist() for c in chunk], layout, per_image, chunk_sampling)
         images.append(tokenizer.decode_to_uint8(codes))
     return np.concatenate(images)
 
