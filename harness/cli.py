@@ -10,6 +10,7 @@
     harness data build KEY=VALUE ...                     build (once) the synthetic dataset selected
     harness data raw KEY=VALUE ...                       make raw image-caption shards (download/shapes)
     harness collect [--runs-root DIR] [--output FILE]    RESULTS.md from run directories
+    harness reproduce [--seeds N] KEY=VALUE ...          every experiment, its evaluations, collect
     harness worker RUN_DIR                               (internal) one rank of a run's job
 """
 
@@ -84,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--output", type=Path, default=Path("RESULTS.md"))
     collect.set_defaults(handler=_collect)
 
+    reproduce = commands.add_parser("reproduce", help="every experiment in dependency order, seeds per "
+                                    "arm, their evaluations, then collect")
+    reproduce.add_argument("overrides", nargs="*", help="e.g. scale=smoke cluster=slurm_ci")
+    reproduce.add_argument("--seeds", type=int, default=3, help="seeds per arm (0..N-1)")
+    reproduce.add_argument("--output", type=Path, default=Path("RESULTS.md"))
+    reproduce.set_defaults(handler=_reproduce)
+
     data = commands.add_parser("data", help="datasets: build the synthetic ones, make raw shards")
     data.add_argument("action", choices=["build", "raw"])
     data.add_argument("overrides", nargs="*", help="e.g. scale=micro (selects data=...)")
@@ -153,6 +161,12 @@ def _collect(args: argparse.Namespace) -> int:
     render(runs_root, args.output)
     print(f"wrote {args.output} from {len(find_runs(runs_root))} run(s) under {runs_root}")
     return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from harness.results.reproduce import reproduce
+
+    return 1 if reproduce(args.overrides, args.seeds, args.output) else 0
 
 
 def _runs_root(given: Path | None) -> Path:

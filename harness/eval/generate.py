@@ -31,9 +31,10 @@ class Sampling:
     seed: int = 0
 
 
-def prompts(captions: list[list[int]], layout: VocabLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded `<bos> caption <boi>` rows and their validity mask."""
-    rows = [[layout.bos, *caption, layout.boi] for caption in captions]
+def prompts(captions: list[list[int]], layout: VocabLayout, with_text: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded `<bos> caption <boi>` rows (`<boi>` alone without text: the unconditional
+    models' sequences start there) and their validity mask."""
+    rows = [[layout.bos, *caption, layout.boi] if with_text else [layout.boi] for caption in captions]
     width = max(len(row) for row in rows)
     tokens = torch.full((len(rows), width), layout.pad, dtype=torch.long)
     valid = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -45,11 +46,12 @@ def prompts(captions: list[list[int]], layout: VocabLayout) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def generate(model: OpenLM, captions: list[list[int]], layout: VocabLayout, tokens_per_image: int,
-             sampling: Sampling = Sampling(), use_cache: bool = True) -> torch.Tensor:
-    """Image code ids [len(captions), tokens_per_image] (codes, not vocabulary ids)."""
-    guided = sampling.cfg_scale != 1.0
+             sampling: Sampling = Sampling(), use_cache: bool = True, with_text: bool = True) -> torch.Tensor:
+    """Image code ids [len(captions), tokens_per_image] (codes, not vocabulary ids). Without text
+    (an unconditional model) the captions are ignored and each row starts at `<boi>`."""
+    guided = sampling.cfg_scale != 1.0 and with_text
     rows = captions + [[] for _ in captions] if guided else captions
-    tokens, valid = prompts(rows, layout)
+    tokens, valid = prompts(rows, layout, with_text)
     device = next(model.parameters()).device
     tokens, valid = tokens.to(device), valid.to(device)
     generator = torch.Generator().manual_seed(sampling.seed)

@@ -55,7 +55,8 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     tokenizer = ImageTokenizer.load(dataset.root / dataset.manifest["image_tokenizer"]["directory"],
                                     dataset.manifest["image_tokenizer"]["weights"], device=device)
     sampling = Sampling(settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, settings.seed)
-    images = _generate_images(model, tokenizer, captions, dataset, sampling, settings.batch_size, first)
+    images = _generate_images(model, tokenizer, captions, dataset, sampling, settings.batch_size, first,
+                              with_text=trained.data.corpus != "images")
     _save_grids(images, out / "samples", f"part{settings.part:03d}", settings.grid)
     extractor = _extractor(config, device)
     # The real images' statistics are cached once per (dataset, extractor, count): read and
@@ -156,7 +157,8 @@ def _real_images(data, sample_ids: list[str], data_root: Path) -> Iterator[np.nd
         yield found[sample_id]
 
 
-def _generate_images(model, tokenizer, captions, dataset, sampling, batch_size, first: int) -> np.ndarray:
+def _generate_images(model, tokenizer, captions, dataset, sampling, batch_size, first: int,
+                     with_text: bool = True) -> np.ndarray:
     """Each batch's sampling seed follows from its first sample's index: parts and batch sizes
     do not change which image a caption gets."""
     layout = dataset.layout("captions")
@@ -165,7 +167,8 @@ def _generate_images(model, tokenizer, captions, dataset, sampling, batch_size, 
     for start in range(0, len(captions), batch_size):
         chunk = captions[start:start + batch_size]
         chunk_sampling = dataclasses.replace(sampling, seed=sampling.seed + first + start)
-        codes = generate(model, [c.text_ids.tolist() for c in chunk], layout, per_image, chunk_sampling)
+        codes = generate(model, [c.text_ids.tolist() for c in chunk], layout, per_image, chunk_sampling,
+                         with_text=with_text)
         images.append(tokenizer.decode_to_uint8(codes))
     return np.concatenate(images)
 

@@ -1,71 +1,180 @@
-"""`harness collect`: read run directories (and nothing else) and render RESULTS.md.
+"""`harness collect`: read run directories (and nothing else) and render RESULTS.md and figures/.
 
-Only complete runs enter the results table; incomplete or failed runs are listed apart.
-The output depends only on the run directories, so the same runs give the same file.
+Per scale: the claims with verdicts, the main table, the loss curves, unconditional generation,
+freezing, alignment retrieval, language forgetting, caption perplexity vs size, sample grids and
+every run's provenance. Incomplete, failed and off-variant runs are listed apart and never
+averaged in. The same run directories give the same bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
-import yaml
 
-from harness.rundir import RunDir, RunState, find_runs
-from harness.train.metrics import read_metrics
+from harness.results import figures, metrics
+from harness.results.claims import evaluate_all
+from harness.results.records import Arm, Collection, Record, collect, mean_std, read_record
+from harness.rundir import find_runs
 
 TEMPLATES = Path(__file__).parent / "templates"
+FIGURES = "figures"
+# The paper's MS-COCO FID for the two inits (secondary source; which is which is unconfirmed).
+PAPER_FID = {"random_init": "12.27 or 12.21 (secondary; order unconfirmed)",
+             "pretrained": "12.21 or 12.27 (secondary; order unconfirmed)"}
+FREEZING = ("pretrained", "freeze_embeddings", "freeze_layernorm", "freeze_ffn", "freeze_layers")
+UNCONDITIONAL = ("uncond_random_init", "uncond_pretrained")
+ALIGNMENT = ("align", "align[shuffled captions]")
+LANGUAGE_TASKS = ("facts_probe", "few_shot_sums")
 
 
 @dataclass(frozen=True)
-class RunRow:
-    name: str
-    experiment: str
-    run_id: str
-    state: str
-    scale: str
-    init: str
-    seed: int
-    steps: int | None
-    tokens: int | None
-    loss_text: float | None
-    loss_image: float | None
-    data_hash: str | None
-    path: str
+class Report:
+    text: str
+    figures: dict[str, bytes]     # file name under figures/ -> PNG bytes
 
 
-def read_row(run: RunDir, relative_to: Path) -> RunRow:
-    config = yaml.safe_load(run.config_path.read_text())
-    metrics = read_metrics(run.metrics_path)
-    final = metrics[-1] if metrics else {}
-    init = config["init"]["strategy"] + (f" ({config['init']['source']})" if config["init"].get("source") else "")
-    data = run.provenance().get("data", {})
-    return RunRow(
-        name=run.name, experiment=run.experiment, run_id=run.run_id, state=run.state().value,
-        scale=config["scale"], init=init, seed=config["seed"], steps=final.get("step"),
-        tokens=final.get("tokens"), loss_text=final.get("loss_text"), loss_image=final.get("loss_image"),
-        data_hash=(data.get("hash") or "")[:12] or None, path=_relative(run.path, relative_to),
-    )
-
-
-def render(runs_root: Path, output: Path) -> str:
-    rows = [read_row(run, output.parent) for run in find_runs(runs_root)]
-    rows.sort(key=lambda r: (r.experiment, r.scale, r.seed, r.run_id))
+def build(runs_root: Path, link_base: Path) -> Report:
+    records = [r for r in (read_record(run, link_base) for run in find_runs(runs_root)) if r is not None]
+    collection = collect(records)
+    verdicts = evaluate_all(collection)
+    sections, pictures = [], {}
+    for scale in collection.scales:
+        section, drawn = _section(collection, scale, [v for v in verdicts if v.scale == scale])
+        sections.append(section)
+        pictures.update(drawn)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda v, digits=4: "-" if v is None else f"{v:.{digits}f}"
-    env.filters["count"] = lambda v: "-" if v is None else f"{v:,}"
+    env.filters["count"] = lambda v: "-" if v is None else f"{int(v):,}"
+    env.filters["links"] = lambda runs: " ".join(f"[{name.split('/')[-1][:6]}]({link})" for name, link in runs) or "-"
     text = env.get_template("RESULTS.md.j2").render(
-        complete=[r for r in rows if r.state == RunState.DONE.value],
-        incomplete=[r for r in rows if r.state != RunState.DONE.value],
-    )
-    output.write_text(text)
-    return text
+        sections=sections, apart=[(r, why) for r, why in collection.apart],
+        evaluations=len(collection.evaluations), figures_dir=FIGURES)
+    return Report(text, pictures)
 
 
-def _relative(path: Path, base: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(path)
+def render(runs_root: Path, output: Path, link_base: Path | None = None) -> str:
+    """Write RESULTS.md (links relative to `link_base`, default its directory) and its figures."""
+    report = build(runs_root, link_base or output.parent)
+    directory = output.parent / FIGURES
+    if report.figures:
+        directory.mkdir(exist_ok=True)
+    for name, png in report.figures.items():
+        (directory / name).write_bytes(png)
+    output.write_text(report.text)
+    return report.text
+
+
+# --- one scale ---------------------------------------------------------------------------------
+
+def _section(collection: Collection, scale: str, verdicts) -> tuple[dict[str, Any], dict[str, bytes]]:
+    arm = lambda name: collection.arm(scale, name)  # noqa: E731
+    present = lambda names: [a for a in map(arm, names) if a is not None]  # noqa: E731
+    inits = present(figures.INITS)
+    drawn = {}
+    curves = figures.loss_curves(inits, scale)
+    if curves:
+        drawn[f"loss_curves_{scale}.png"] = curves
+    samples_arms = present(figures.SAMPLE_ARMS)
+    random_tokenizer = any("random" in str(r.provenance.get("data", {}).get("image_tokenizer_weights", ""))
+                           for a in samples_arms for r in a.runs)
+    grid = figures.sample_grids(samples_arms, scale, random_tokenizer)
+    if grid:
+        drawn[f"samples_{scale}.png"] = grid
+    section = {
+        "scale": scale, "verdicts": verdicts,
+        "image_metric": metrics.image_metric_name([r for a in inits + present(UNCONDITIONAL) for r in a.runs]),
+        "main": [_main_row(a) for a in inits],
+        "curves": f"loss_curves_{scale}.png" if curves else None,
+        "unconditional": [_row(a, loss_image=metrics.val_loss("image"), fd=metrics.image_metric)
+                          for a in present(UNCONDITIONAL)],
+        "freezing": [_freezing_row(a) for a in present(FREEZING)],
+        "alignment": [_row(a, top1=metrics.align_top1, chance=metrics.align_chance) for a in present(ALIGNMENT)],
+        "language": _language(arm("pretrain_text"), arm("pretrained"), arm("random_init")),
+        "prompts": _prompts(arm("pretrain_text"), arm("pretrained")),
+        "captions": _captions(collection, scale),
+        "samples": f"samples_{scale}.png" if grid else None, "random_tokenizer": random_tokenizer,
+        "runs": [_provenance_row(r) for r in sorted((r for r in collection.complete if r.scale == scale),
+                                                    key=lambda r: (r.arm, r.seed))],
+    }
+    return section, drawn
+
+
+def _stat(arm: Arm, metric) -> dict[str, Any]:
+    values = arm.values(metric)
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "n": len(values)}
+
+
+def _row(arm: Arm, **columns) -> dict[str, Any]:
+    return {"arm": arm.name, "n": len(arm.runs), "runs": [(r.name, r.link) for r in arm.runs],
+            **{name: _stat(arm, metric) for name, metric in columns.items()}}
+
+
+def _main_row(arm: Arm) -> dict[str, Any]:
+    return {**_row(arm, loss_image=metrics.val_loss("image"), loss_text=metrics.val_loss("text"),
+                   fd=metrics.image_metric, clip=metrics.clip_score),
+            "paper_fid": PAPER_FID.get(arm.name, "-")}
+
+
+def _freezing_row(arm: Arm) -> dict[str, Any]:
+    first = arm.runs[0]
+    return {**_row(arm, loss_image=metrics.val_loss("image"), loss_text=metrics.val_loss("text")),
+            "frozen": ", ".join(first.config.get("freeze") or []) or "nothing",
+            "trainable": first.model.get("trainable"), "parameters": first.model.get("parameters")}
+
+
+def _language(before: Arm | None, after: Arm | None, random: Arm | None) -> dict[str, Any] | None:
+    """Task accuracy x tokens trained: the LM before image-caption training, the pre-trained runs at
+    each kept checkpoint and at the end, the random-init runs at the end."""
+    if after is None:
+        return None
+    steps = sorted(set.intersection(*(set(r.at_steps("language")) for r in after.runs))) if after.runs else []
+    columns = [("before (pretrain_text)", before, None, 0)] if before else []
+    for step in steps:
+        tokens = mean_std([t for t in (r.tokens_at(step) for r in after.runs) if t is not None])[0]
+        columns.append((f"pretrained, {int(tokens or 0):,} tokens", after, step, tokens))
+    if random:
+        columns.append(("random_init, end", random, None, None))
+    rows = []
+    for task in LANGUAGE_TASKS:
+        cells = [_stat(arm, metrics.task_accuracy(task, step)) for _, arm, step, _ in columns]
+        chance = mean_std((before or after).values(metrics.task_chance(task)))[0]
+        if any(c["n"] for c in cells):
+            rows.append({"task": task, "chance": chance, "cells": cells})
+    return {"columns": [c[0] for c in columns], "rows": rows,
+            "runs": [(r.name, r.link) for a in (before, after, random) if a for r in a.runs]}
+
+
+def _prompts(before: Arm | None, after: Arm | None) -> list[dict[str, str]]:
+    if before is None or after is None:
+        return []
+    first = lambda arm: (arm.runs[0].final("language") or {}).get("prompts", [])  # noqa: E731
+    answers = {p["prompt"]: p["answer"] for p in first(after)}
+    return [{"prompt": p["prompt"], "before": p["answer"], "after": answers.get(p["prompt"], "-")} for p in first(before)]
+
+
+def _captions(collection: Collection, scale: str) -> list[dict[str, Any]]:
+    """Held-out caption perplexity: caption-only LMs by size, beside the pre-trained LM before and
+    after image-caption training."""
+    names = sorted((n for s, n in collection.arms if s == scale and n.startswith("caption_lm[")),
+                   key=lambda n: min(collection.arm(scale, n).values(metrics.parameters), default=0))
+    rows = []
+    for name in [*names, "pretrain_text", "pretrained"]:
+        arm = collection.arm(scale, name)
+        if arm is not None and arm.values(metrics.perplexity("captions")):
+            rows.append({**_row(arm, ppl=metrics.perplexity("captions")),
+                         "parameters": arm.runs[0].model.get("parameters")})
+    return rows
+
+
+def _provenance_row(record: Record) -> dict[str, Any]:
+    last = record.metrics[-1] if record.metrics else {}
+    git, image = record.provenance.get("git", {}), record.provenance.get("image") or {}
+    return {"record": record, "tokens": last.get("tokens"), "loss_text": last.get("loss_text"),
+            "loss_image": last.get("loss_image"),
+            "commit": (git.get("sha") or "-")[:10] + ("+dirty" if git.get("dirty") else ""),
+            "data": (record.data_hash or "-")[:12], "image": (image.get("id") or "none (host)")[:19]}

@@ -27,13 +27,16 @@ def export(run: RunDir, step: int | None = None, target: Path | None = None) -> 
 def consolidated_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Full fp32 weights (and buffers) from one DeepSpeed checkpoint directory, on the CPU."""
     client = json.loads((path / checkpoints.CLIENT).read_text())
-    if client.get("zero_stage", 0) == 0:
-        module = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
-    else:
+    saved = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    module = {key.removeprefix("module."): value for key, value in saved.items()}
+    if client.get("zero_stage", 0) > 0:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        module = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
-    return {key.removeprefix("module."): value.float() for key, value in module.items()}
+        # The optimizer's fp32 partitions hold every trained parameter; frozen ones (requires_grad
+        # off, e.g. freeze=[ffn]) have none and keep their never-updated value in the module file.
+        trained = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+        module.update({key.removeprefix("module."): value for key, value in trained.items()})
+    return {key: value.float() for key, value in module.items()}
 
 
 def _checkpoint(run: RunDir, step: int | None) -> Path:

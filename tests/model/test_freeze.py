@@ -80,6 +80,7 @@ def test_a_frozen_run_logs_its_trainable_count_and_keeps_frozen_tensors(runs_roo
     arch, layout = Architecture(**final["architecture"]), VocabLayout(**final["layout"])
     torch.manual_seed(0)  # the run's seed: its step-0 weights
     initial = OpenLM(arch).state_dict()
+    assert set(final["state_dict"]) == set(initial)  # frozen tensors are in the model file too
     trainable = 0
     for name, tensor in final["state_dict"].items():
         if "inv_freq" in name:

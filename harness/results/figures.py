@@ -1,0 +1,85 @@
+"""RESULTS.md's figures: matplotlib PNGs that depend only on the runs (no timestamps, no
+software tag, the font matplotlib ships), so the same runs give the same bytes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from harness.results.records import Arm, Record
+
+INITS = ("random_init", "pretrained", "pretrained_aligned")
+SAMPLE_ARMS = ("random_init", "pretrained", "pretrained_aligned", "uncond_random_init", "uncond_pretrained")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.family": "DejaVu Sans", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    figure.clf()
+    return buffer.getvalue()
+
+
+def loss_curves(arms: list[Arm], scale: str) -> bytes | None:
+    """Text- and image-token training loss vs tokens per init: the seeds' mean, their range shaded."""
+    arms = [a for a in arms if a.runs and a.runs[0].metrics]
+    if not arms:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for arm in arms:
+        steps = sorted(set.intersection(*({m["step"] for m in r.metrics} for r in arm.runs)))
+        tokens = np.array([np.mean([_at(r, s)["tokens"] for r in arm.runs]) for s in steps])
+        for axis, modality in zip(axes, ("text", "image")):
+            values = np.array([[_at(r, s)[f"loss_{modality}"] for s in steps] for r in arm.runs], dtype=float)
+            line, = axis.plot(tokens, values.mean(0), label=f"{arm.name} ({len(arm.runs)} seeds)", linewidth=1.3)
+            if len(arm.runs) > 1:
+                axis.fill_between(tokens, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+    for axis, modality in zip(axes, ("text", "image")):
+        axis.set_xlabel("tokens trained")
+        axis.set_ylabel(f"training loss_{modality}")
+        axis.set_title(f"{modality} tokens ({scale} scale)")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def sample_grids(arms: list[Arm], scale: str, random_tokenizer: bool) -> bytes | None:
+    """The first saved sample grid of each arm's first seed, side by side."""
+    shown = [(arm, grid) for arm in arms if (grid := first_grid(arm.runs[0])) is not None]
+    if not shown:
+        return None
+    from PIL import Image
+
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(shown), figsize=(2.6 * len(shown), 3.0), squeeze=False)
+    for axis, (arm, grid) in zip(axes[0], shown):
+        axis.imshow(np.asarray(Image.open(grid).convert("RGB")), interpolation="nearest")
+        axis.set_title(f"{arm.name}\nseed {arm.runs[0].seed}", fontsize=8)
+        axis.axis("off")
+    note = " (image tokenizer with RANDOM weights: decoded colours/shapes only)" if random_tokenizer else ""
+    figure.suptitle(f"generated samples, {scale} scale{note}", fontsize=9)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def first_grid(record: Record) -> Path | None:
+    step = record.final_step
+    samples = record.run.path / "eval" / f"image@{step}" / "samples"
+    grids = sorted(samples.glob("*.png")) if samples.is_dir() else []
+    return grids[0] if grids else None
+
+
+def _at(record: Record, step: int) -> dict:
+    return next(m for m in record.metrics if m["step"] == step)

@@ -1,0 +1,192 @@
+"""What the collector knows about one run, read from its directory and nothing else.
+
+A training run's numbers: the training curve (metrics.jsonl), the held-out losses, image and
+language evaluations at its final step (eval/<name>@<step>.json), language evaluations at kept
+checkpoints, its trainable parameter count (model.json); an alignment run's held-out retrieval.
+Runs are grouped into arms: runs of one experiment at one scale whose configs differ only in
+seed (and launch-only keys). Only complete runs of an arm's main variant are averaged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.rundir import RunDir, RunState
+from harness.train.metrics import read_metrics, without_timing
+
+# Config sections that never change what a run computes, besides the seed that arms average over.
+NOT_VARIANT = ("seed", "paths", "launch", "container", "eval")
+
+
+@dataclass(frozen=True)
+class Record:
+    run: RunDir
+    config: dict[str, Any]
+    state: str
+    provenance: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    evals: dict[str, dict[str, Any]]      # "<name>@<step>" -> the eval JSON
+    model: dict[str, Any]
+    link: str                             # the run directory, relative to RESULTS.md
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def experiment(self) -> str:
+        return self.config["experiment"]
+
+    @property
+    def scale(self) -> str:
+        return self.config["scale"]
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    @property
+    def job(self) -> str:
+        return self.config["job"]
+
+    @property
+    def arm(self) -> str:
+        """The arm's name: the experiment, told apart where one experiment has several arms."""
+        if self.experiment == "caption_lm":
+            return f"caption_lm[{self.config['model']['name']}]"
+        if self.job == "align" and self.config["align"]["shuffle_captions"]:
+            return "align[shuffled captions]"
+        return self.experiment
+
+    @property
+    def variant(self) -> str:
+        kept = {k: v for k, v in self.config.items() if k not in NOT_VARIANT}
+        kept["data_hash"] = self.data_hash
+        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
+
+    @property
+    def data_hash(self) -> str | None:
+        return self.provenance.get("data", {}).get("hash")
+
+    @property
+    def final_step(self) -> int | None:
+        if self.job == "align":
+            return self.metrics[-1]["step"] if self.metrics else None
+        return self.config["train"]["steps"] if self.state == RunState.DONE.value else None
+
+    def final(self, name: str) -> dict[str, Any] | None:
+        """The eval JSON `name` at the final step (val_loss, image, language)."""
+        return self.evals.get(f"{name}@{self.final_step}")
+
+    def at_steps(self, name: str) -> dict[int, dict[str, Any]]:
+        found = {}
+        for key, value in self.evals.items():
+            prefix, _, step = key.partition("@")
+            if prefix == name and step.isdigit():
+                found[int(step)] = value
+        return dict(sorted(found.items()))
+
+    def tokens_at(self, step: int) -> int | None:
+        return next((m["tokens"] for m in self.metrics if m.get("step") == step and "tokens" in m), None)
+
+
+def read_record(run: RunDir, relative_to: Path) -> Record | None:
+    if not run.config_path.exists():
+        return None
+    evals = {}
+    eval_dir = run.path / "eval"
+    if eval_dir.is_dir():
+        for path in sorted(eval_dir.glob("*@*.json")):
+            evals[path.stem] = json.loads(path.read_text())
+    model_json = run.path / "model.json"
+    return Record(
+        run=run, config=yaml.safe_load(run.config_path.read_text()), state=run.state().value,
+        provenance=run.provenance() if run.provenance_path.exists() else {},
+        metrics=without_timing(read_metrics(run.metrics_path)), evals=evals,
+        model=json.loads(model_json.read_text()) if model_json.exists() else {},
+        link=_relative(run.path, relative_to))
+
+
+@dataclass
+class Arm:
+    """The complete runs of one arm's main variant at one scale (one per seed)."""
+
+    scale: str
+    name: str
+    runs: list[Record] = field(default_factory=list)
+
+    def values(self, metric) -> list[float]:
+        return [v for v in (metric(r) for r in self.runs) if v is not None]
+
+
+@dataclass
+class Collection:
+    arms: dict[tuple[str, str], Arm]      # (scale, arm name) -> arm
+    complete: list[Record]                # averaged in
+    apart: list[tuple[Record, str]]       # listed apart, with why
+    evaluations: list[Record]             # evaluation jobs (their numbers live in the trained runs)
+
+    @property
+    def scales(self) -> list[str]:
+        order = {"paper": 0, "small": 1, "smoke": 2, "micro": 3}
+        return sorted({s for s, _ in self.arms}, key=lambda s: (order.get(s, 9), s))
+
+    def arm(self, scale: str, name: str) -> Arm | None:
+        return self.arms.get((scale, name))
+
+
+def collect(records: list[Record]) -> Collection:
+    evaluations = [r for r in records if r.job in ("eval_image", "eval_language", "tokenize")]
+    trained = [r for r in records if r not in evaluations]
+    apart = [(r, r.state) for r in trained if r.state != RunState.DONE.value]
+    done = [r for r in trained if r.state == RunState.DONE.value]
+    by_arm: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for record in done:
+        by_arm[(record.scale, record.arm)].append(record)
+    arms, complete = {}, []
+    for key, members in sorted(by_arm.items()):
+        main = _main_variant(members)
+        chosen = sorted((r for r in members if r.variant == main), key=lambda r: (r.seed, r.run.run_id))
+        seen_seeds: set[int] = set()
+        for record in chosen:
+            if record.seed in seen_seeds:
+                apart.append((record, "same seed as another run of its arm"))
+                continue
+            seen_seeds.add(record.seed)
+            complete.append(record)
+            arms.setdefault(key, Arm(*key)).runs.append(record)
+        apart += [(r, f"other settings than its arm's main variant ({r.variant} vs {main})")
+                  for r in members if r.variant != main]
+    failed_evals = [(r, f"{r.job} {r.state}") for r in evaluations if r.state != RunState.DONE.value]
+    apart.sort(key=lambda item: item[0].name)
+    return Collection(arms, complete, apart + failed_evals, evaluations)
+
+
+def _main_variant(members: list[Record]) -> str:
+    """The variant with the most runs (ties: the smallest hash), so an extra one-off run with other
+    settings never displaces the seeds of the arm."""
+    counts: dict[str, int] = defaultdict(int)
+    for record in members:
+        counts[record.variant] += 1
+    return min(counts, key=lambda v: (-counts[v], v))
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)

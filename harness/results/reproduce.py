@@ -1,0 +1,112 @@
+"""`harness reproduce`: every experiment of the paper, in dependency order, then `harness collect`.
+
+Training first (the alignment, the pre-trained LM it starts from, and a shuffled-caption control;
+then every arm with `seeds` seeds), then the evaluations that read the trained runs: image evaluation of
+every image-generating run, language evaluation of the pre-trained LM before image-caption
+training, of the pre-trained runs at every kept checkpoint (the forgetting curve), of the random
+runs and of the caption-only LMs. Locally each submit waits; on Slurm the trainings of a stage
+are waited for before the evaluations that need their kept checkpoints are submitted.
+
+A failed stage is reported and the rest still runs; submitting again resumes (done runs are
+skipped, failed ones get a new attempt). The collector lists failed runs apart.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from harness.config import compose_runs, load_run_config
+from harness.errors import HarnessError
+from harness.rundir import RunDir
+from harness.status import wait_for
+from harness.train import checkpoints
+
+# Arms trained with every seed, and the caption-only LM sizes per scale (paper: the
+# caption_lm_sizes group; small scales sweep the small architectures).
+ARMS = ("random_init,pretrained,pretrained_aligned",
+        "freeze_embeddings,freeze_layernorm,freeze_ffn,freeze_layers",
+        "uncond_random_init,uncond_pretrained")
+CAPTION_LM_SIZES = {"paper": "open_lm_tiny,open_lm_79m,open_lm_160m,open_lm_411m,open_lm_1b"}
+SMALL_CAPTION_LM_SIZES = "micro,smoke"
+# Runs whose language ability is measured, and whether at every kept checkpoint or only at the end.
+LANGUAGE_AT_KEPT_STEPS = ("pretrained",)
+LANGUAGE_AT_END = ("pretrain_text", "random_init", "caption_lm")
+
+
+def training_stages(scale: str, seeds: int) -> list[list[str]]:
+    seed = f"seed={','.join(str(s) for s in range(seeds))}"
+    sizes = CAPTION_LM_SIZES.get(scale, SMALL_CAPTION_LM_SIZES)
+    # The pre-trained LM is not a stage of its own: it is submitted as the upstream of the runs
+    # that start from it, resolved exactly as they resolve it.
+    return [["experiment=align"],
+            ["experiment=align", "align.shuffle_captions=true"],
+            *[[f"experiment={arms}", seed] for arms in ARMS],
+            ["experiment=caption_lm", f"model={sizes}", seed]]
+
+
+def reproduce(overrides: list[str], seeds: int = 3, output: Path = Path("RESULTS.md"),
+              out: TextIO = sys.stdout) -> int:
+    """Returns the number of stages that failed."""
+    from harness.results.collect import render
+    from harness.rundir import find_runs
+    from harness.submit import submit
+
+    config = compose_runs([*overrides, "experiment=random_init"])[0].config
+    failures: list[str] = []
+    trained: dict[Path, RunDir] = {}
+    for stage in training_stages(config.scale, seeds):
+        for run in _submit_stage(submit, [*stage, *overrides], out, failures):
+            trained.setdefault(run.path, run)
+    if config.launch.executor != "local":
+        wait_for(list(trained.values()), out)
+    for stage in evaluation_stages(list(trained.values())):
+        _submit_stage(submit, [*stage, *overrides], out, failures)
+    runs_root = Path(config.paths.runs_root)
+    if config.launch.executor != "local":
+        wait_for(list(find_runs(runs_root)), out)
+    render(runs_root, output)
+    print(f"wrote {output} from {runs_root}", file=out)
+    for failure in failures:
+        print(f"failed: {failure}", file=out)
+    return len(failures)
+
+
+def evaluation_stages(runs: list[RunDir]) -> list[list[str]]:
+    stages = []
+    for run in sorted(runs, key=lambda r: r.name):
+        if not run.config_path.exists():
+            continue
+        config = load_run_config(run.config_path)
+        if config.job != "train":
+            continue
+        if config.data.corpus in ("captions", "images"):
+            stages.append(["experiment=eval_image", f"run={run.name}"])
+        if config.experiment in LANGUAGE_AT_KEPT_STEPS:
+            stages += [["experiment=eval_language", f"run={run.name}", f"step={step}"] for step in kept_steps(run)]
+        if config.experiment in LANGUAGE_AT_KEPT_STEPS + LANGUAGE_AT_END:
+            stages.append(["experiment=eval_language", f"run={run.name}"])
+    return stages
+
+
+def kept_steps(run: RunDir) -> list[int]:
+    """Steps of the checkpoints kept at `train.keep_at_tokens` (never pruned), the final one aside."""
+    steps = []
+    for path in checkpoints.complete(run.checkpoints):
+        client = json.loads((path / checkpoints.CLIENT).read_text())
+        if client.get("keep"):
+            steps.append(int(client["step"]))
+    return steps
+
+
+def _submit_stage(submit, overrides: list[str], out: TextIO, failures: list[str]) -> list[RunDir]:
+    print(f"== harness submit {' '.join(overrides)}", file=out, flush=True)
+    try:
+        return submit(overrides, out=out)
+    except HarnessError as exc:
+        print(f"stage failed: {exc}", file=out, flush=True)
+        failures.append(f"{' '.join(overrides)}: {exc}")
+        return []
+
