@@ -49,6 +49,8 @@ COPY pyproject.toml README.md ./
 
 # Dependencies first (cached while only the code changes): torch when asked, then DeepSpeed alone
 # so its ops compile against the final torch, then the ranges pyproject.toml declares.
+# DL3013 (pin versions in pip install) is ignored on purpose: torch and DeepSpeed are pinned by
+# build args, and the rest are pyproject.toml's ranges, resolved against the base image's torch.
 # hadolint ignore=DL3013
 RUN if [ -n "${PIP_CA_BUNDLE}" ]; then export PIP_CERT="${PIP_CA_BUNDLE}"; fi \
  && if [ -n "${TORCH_REQUIREMENT}" ]; then pip install --find-links /tmp/wheels "${TORCH_REQUIREMENT}"; fi \

@@ -105,9 +105,9 @@ class RunDir:
     def set_job_id(self, attempt: int, job_id: str) -> None:
         self._update_attempt(attempt, job_id=job_id)
 
-    def start_attempt(self, attempt: int, nodes: list[str]) -> None:
-        """Recorded by rank 0 when the job starts running."""
-        self._update_attempt(attempt, nodes=nodes, start=utc_now())
+    def start_attempt(self, attempt: int, nodes: list[str], restart_count: int = 0) -> None:
+        """Recorded by rank 0 when the job starts running; `restart_count`: Slurm requeues of its job."""
+        self._update_attempt(attempt, nodes=nodes, start=utc_now(), restart_count=restart_count)
 
     def end_attempt(self, attempt: int, exit_reason: str) -> None:
         """Close an attempt; the first ending recorded wins (a cancel is not overwritten by the

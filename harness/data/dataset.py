@@ -100,17 +100,25 @@ def verify_shards(dataset: Dataset) -> None:
             for entry in entries:
                 path = dataset.root / corpus / entry["file"]
                 if not path.exists():
-                    raise HarnessError(f"{path} is missing: restore it with `dvc pull data.dvc`")
+                    raise HarnessError(f"{path} is missing: {_shard_restore_hint(dataset)}")
                 stat = path.stat()
                 key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
                 if verified.get(key) == stamp:
                     continue
                 if shards.file_sha256(path) != entry["sha256"]:
                     raise HarnessError(f"{path}: sha256 differs from {dataset.root / shards.MANIFEST}: modified "
-                                       "after it was versioned (restore it with `dvc pull data.dvc`)")
+                                       f"after it was versioned ({_shard_restore_hint(dataset)})")
                 verified[key] = stamp
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     cache_file.write_text(json.dumps(verified))
+
+
+def _shard_restore_hint(dataset: Dataset) -> str:
+    hint = "restore it with `dvc pull data.dvc`"
+    if dataset.manifest.get("kind") == "synthetic":
+        # A fresh clone's default remote may be empty; the synthetic sets rebuild byte for byte.
+        hint += f", or delete {dataset.root} and it is rebuilt byte for byte on the next submit"
+    return hint
 
 
 def _verified_cache() -> Path:

@@ -48,11 +48,12 @@ class RunTask:
         env = submitit.JobEnvironment()
         run = RunDir(Path(self.run_dir))
         # A job Slurm requeued runs again with the same pickled task: count its restarts.
-        attempt = self.attempt + int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        attempt = self.attempt + restarts
         record = RankRecord(run.logs(attempt), env.global_rank, env.local_rank)
         if env.global_rank == 0:
             run.ensure_attempt(attempt, "slurm" if os.environ.get("SLURM_JOB_ID") else "local", str(env.job_id))
-            run.start_attempt(attempt, nodes=list(env.hostnames))
+            run.start_attempt(attempt, nodes=list(env.hostnames), restart_count=restarts)
         try:
             code, reason = self._run(run, env, record, attempt)
         except Exception as exc:  # anything before or around the trainer: record it, then fail

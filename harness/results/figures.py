@@ -43,7 +43,7 @@ def loss_curves(arms: list[Arm], scale: str) -> bytes | None:
         tokens = np.array([np.mean([_at(r, s)["tokens"] for r in arm.runs]) for s in steps])
         for axis, modality in zip(axes, ("text", "image")):
             values = np.array([[_at(r, s)[f"loss_{modality}"] for s in steps] for r in arm.runs], dtype=float)
-            line, = axis.plot(tokens, values.mean(0), label=f"{arm.name} ({len(arm.runs)} seeds)", linewidth=1.3)
+            line, = axis.plot(tokens, values.mean(0), label=f"{arm.name} (n={len(arm.runs)})", linewidth=1.3)
             if len(arm.runs) > 1:
                 axis.fill_between(tokens, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
     for axis, modality in zip(axes, ("text", "image")):
@@ -68,9 +68,9 @@ def sample_grids(arms: list[Arm], scale: str, random_tokenizer: bool) -> bytes |
         axis.imshow(np.asarray(Image.open(grid).convert("RGB")), interpolation="nearest")
         axis.set_title(f"{arm.name}\nseed {arm.runs[0].seed}", fontsize=8)
         axis.axis("off")
-    note = " (image tokenizer with RANDOM weights: decoded colours/shapes only)" if random_tokenizer else ""
+    note = "\nimage tokenizer with RANDOM weights: generation and decoding run, not image quality" if random_tokenizer else ""
     figure.suptitle(f"generated samples, {scale} scale{note}", fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.86))
     return _png(figure)
 
 

@@ -1,7 +1,7 @@
 """`harness reproduce`: every experiment of the paper, in dependency order, then `harness collect`.
 
-Training first (the alignment, the pre-trained LM it starts from, and a shuffled-caption control;
-then every arm with `seeds` seeds), then the evaluations that read the trained runs: image evaluation of
+Training first (the alignment's shuffled-caption control, then every arm with `seeds` seeds; the
+pre-trained LM and the alignment come first as their upstreams), then the evaluations that read the trained runs: image evaluation of
 every image-generating run, language evaluation of the pre-trained LM before image-caption
 training, of the pre-trained runs at every kept checkpoint (the forgetting curve), of the random
 runs and of the caption-only LMs. Locally each submit waits; on Slurm the trainings of a stage
@@ -39,10 +39,9 @@ LANGUAGE_AT_END = ("pretrain_text", "random_init", "caption_lm")
 def training_stages(scale: str, seeds: int) -> list[list[str]]:
     seed = f"seed={','.join(str(s) for s in range(seeds))}"
     sizes = CAPTION_LM_SIZES.get(scale, SMALL_CAPTION_LM_SIZES)
-    # The pre-trained LM is not a stage of its own: it is submitted as the upstream of the runs
-    # that start from it, resolved exactly as they resolve it.
-    return [["experiment=align"],
-            ["experiment=align", "align.shuffle_captions=true"],
+    # The pre-trained LM and the alignment are not stages of their own: they are submitted as the
+    # upstreams of the runs that start from them, resolved exactly as those runs resolve them.
+    return [["experiment=align", "align.shuffle_captions=true"],
             *[[f"experiment={arms}", seed] for arms in ARMS],
             ["experiment=caption_lm", f"model={sizes}", seed]]
 

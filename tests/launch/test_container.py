@@ -70,6 +70,9 @@ def test_apptainer_def_agrees_with_the_dockerfile():
     assert recipe.fromHeader == "harness:latest"  # the tag README's `docker build -t` gives the image
     labels = dict(label.split(" ", 1) for label in recipe.labels)
     assert labels["harness.version"] == dockerfile_arg("HARNESS_VERSION") == pyproject_version()
+    assert labels["harness.git_sha"] == "{{ GIT_SHA }}" and "GIT_SHA=unknown" in sections["arguments"]
+    assert labels["harness.deepspeed"] == "{{ DEEPSPEED_VERSION }}"
+    assert f"DEEPSPEED_VERSION={dockerfile_arg('DEEPSPEED_VERSION')}" in sections["arguments"]
     assert "harness selftest" in sections["test"] and 'exec harness "$@"' in sections["runscript"]
     assert "TORCH_EXTENSIONS_DIR" in sections["environment"]
 

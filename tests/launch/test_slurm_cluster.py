@@ -156,6 +156,7 @@ def test_usr2_checkpoints_requeues_and_resumes_to_the_same_result(slurm_cluster,
     attempts = run.attempts()
     assert len(attempts) == 2 and attempts[0]["exit_reason"] == "preempted: checkpointed; requeued"
     assert attempts[1]["exit_reason"] == "completed" and attempts[1]["job_id"] == attempts[0]["job_id"]
+    assert [a["restart_count"] for a in attempts] == [0, 1]
     resumed = (run.logs(2) / "rank0.log").read_text()
     assert "resumed from step" in resumed
     assert rank_record(run.path, 0)["code"] == json.loads((run.logs(2) / "rank0.json").read_text())["code"]
