@@ -11,6 +11,7 @@
     harness data raw KEY=VALUE ...                       make raw image-caption shards (download/shapes)
     harness collect [--runs-root DIR] [--output FILE]    RESULTS.md from run directories
     harness reproduce [--seeds N] KEY=VALUE ...          every experiment, its evaluations, collect
+    harness estimate KEY=VALUE ...                       tokens/s per GPU, MFU, wall time, GPU-hours
     harness worker RUN_DIR                               (internal) one rank of a run's job
 """
 
@@ -105,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="directory for model.pt (default: the run's checkpoints/export-step<N>/); "
                              "e.g. data/checkpoints/<name> to version it with DVC")
     export.set_defaults(handler=_export)
+
+    estimate = commands.add_parser("estimate", help="parameters, tokens, FLOPs, wall time and GPU-hours of "
+                                   "the composed runs, beside the paper's main run; runs nothing")
+    estimate.add_argument("overrides", nargs="*", help="e.g. experiment=random_init cluster=a100_8x8")
+    estimate.add_argument("--bench-results", type=Path, default=None,
+                          help="benchmark results directory (default: bench/results in this checkout)")
+    estimate.set_defaults(handler=_estimate)
 
     commands.add_parser("selftest", help="check this install: a micro forward/backward pass").set_defaults(
         handler=_selftest)
@@ -231,6 +239,13 @@ def _export(args: argparse.Namespace) -> int:
     from harness.train.export import export
 
     print(f"wrote {export(_one_run(args), args.step, args.output)}")
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from harness.estimate import RESULTS_DIR, estimate
+
+    print(estimate(args.overrides, args.bench_results or RESULTS_DIR))
     return 0
 
 

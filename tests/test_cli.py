@@ -78,6 +78,34 @@ def test_status_reads_the_run_directory(micro_run):
     assert row.split()[3] == "done" and row.split()[5] == "24"
 
 
+def test_the_readme_smoke_run_learns_on_two_ranks_that_read_disjoint_halves(tmp_path, smoke_data_root):
+    """The README's first command (smoke scale, the local default), as a fresh clone runs it."""
+    runs_root = tmp_path / "runs"
+    result = run_cli("submit", "experiment=random_init", f"paths.runs_root={runs_root}",
+                     f"paths.data_root={smoke_data_root}")
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (runs_root / "random_init").iterdir()
+    assert f"done in {run_dir}" in result.stdout
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, *range(5, 151, 5)]
+    assert records[-1]["loss_image"] <= 0.8 * records[0]["loss_image"]
+    assert json.loads((run_dir / "provenance.json").read_text())["world_size"] == 2
+    ranks = [set((run_dir / f"logs/1/sample_ids.rank{r}.txt").read_text().split()) for r in (0, 1)]
+    assert not ranks[0] & ranks[1] and len(ranks[0] | ranks[1]) == 2048  # the smoke train split
+
+
+def test_force_starts_over_and_keeps_the_old_directory_beside_it(tmp_path, data_root):
+    runs_root = tmp_path / "runs"
+    args = ["experiment=random_init", *micro_args(runs_root, data_root, "train.steps=4")]
+    assert run_cli("submit", *args).returncode == 0
+    (run_dir,) = (runs_root / "random_init").iterdir()
+    forced = run_cli("submit", *args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    (kept,) = (runs_root / "random_init").glob(f"{run_dir.name}.replaced-*")
+    assert (kept / "DONE").exists() and (run_dir / "DONE").exists()
+    assert len(json.loads((run_dir / "provenance.json").read_text())["attempts"]) == 1
+
+
 def test_submitting_the_same_config_again_starts_no_new_run(micro_run, data_root):
     runs_root, run_dir, _ = micro_run
     again = run_cli("submit", "experiment=random_init", *micro_args(runs_root, data_root))
@@ -93,7 +121,7 @@ def test_collect_lists_the_run(micro_run, tmp_path):
     result = run_cli("collect", "--runs-root", str(runs_root), "--output", str(output))
     assert result.returncode == 0, result.stderr
     text = output.read_text()
-    assert f"[{run_dir.name}](" in text and "| random_init | random | micro | 0 | 24 |" in text
+    assert f"[{run_dir.name}](" in text and "## Scale: micro" in text and "| random_init | 0 | 24 |" in text
 
 
 def test_show_prints_the_config_and_run_id_without_running(micro_run, data_root):

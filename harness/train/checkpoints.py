@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ def save(engine, directory: Path, step: int, tokens: int, client: dict[str, Any]
     engine.save_checkpoint(str(directory), tag=tag, client_state={"harness": state}, save_latest=False)
     path = directory / tag
     torch.save(_rng_state(), path / f"rng.rank{dist.get_rank()}.pt")
+    _test_kill_while_saving(step)
     dist.barrier()
     if dist.get_rank() == 0:
         (path / CLIENT).write_text(json.dumps(state, indent=1) + "\n")
@@ -57,6 +59,13 @@ def save(engine, directory: Path, step: int, tokens: int, client: dict[str, Any]
         os.replace(partial, path / COMPLETE)
     dist.barrier()
     return path
+
+
+def _test_kill_while_saving(step: int) -> None:
+    """Test hook: HARNESS_KILL_IN_SAVE_AT_STEP=<n> SIGKILLs rank 0 once step n's files are written and
+    before its marker is: a node lost in the middle of a save."""
+    if os.environ.get("HARNESS_KILL_IN_SAVE_AT_STEP") == str(step) and dist.get_rank() == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def verify(path: Path) -> str | None:

@@ -66,6 +66,12 @@ def test_a_sweep_is_one_array_job_with_ranks_on_both_nodes(slurm_cluster, tmp_pa
     (seed0,) = [r for r in runs if load_run_config(r.config_path).seed == 0]
     assert seed0.run_id == local_run.name  # same config and world size: same identity
     assert without_timing(read_metrics(seed0.metrics_path)) == without_timing(read_metrics(local_run / "metrics.jsonl"))
+    (seed1,) = [r for r in runs if load_run_config(r.config_path).seed == 1]
+    local_root = tmp_path / "local"
+    assert run_cli("submit", "experiment=random_init", "seed=1", *micro_args(local_root, data_root)).returncode == 0
+    (local_seed1,) = find_runs(local_root)
+    assert seed1.run_id == local_seed1.run_id
+    assert without_timing(read_metrics(seed1.metrics_path)) == without_timing(read_metrics(local_seed1.metrics_path))
 
     status = run_cli("status", "--runs-root", str(runs_root))
     assert status.returncode == 0 and status.stdout.count(" done ") == 2, status.stdout

@@ -88,6 +88,19 @@ def test_incomplete_and_truncated_checkpoints_are_never_loaded(references, tmp_p
     assert without_timing(read_metrics(run.metrics_path)) == without_timing(read_metrics(references[2].metrics_path))
 
 
+def test_sigkill_while_saving_resumes_from_the_previous_complete_checkpoint(references, tmp_path, data_root):
+    first = submit(tmp_path, data_root, env={"HARNESS_KILL_IN_SAVE_AT_STEP": "8"})
+    assert first.returncode == 1
+    run = the_run(tmp_path)
+    assert (run.checkpoints / "step00000008").is_dir()  # written in part, never marked complete
+    assert not (run.checkpoints / "step00000008" / checkpoints.COMPLETE).exists()
+    second = submit(tmp_path, data_root)
+    assert second.returncode == 0, second.stderr
+    log = (run.logs(2) / "rank0.log").read_text()
+    assert "not resuming from step00000008" in log and "resumed from step00000004" in log
+    assert without_timing(read_metrics(run.metrics_path)) == without_timing(read_metrics(references[2].metrics_path))
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_root):
     result = submit(tmp_path, data_root, env={"HARNESS_INJECT_NAN_AT_STEP": "10"})
     assert result.returncode == 1
