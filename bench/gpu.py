@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.common import RESULTS, report
+from harness import hardware
 from harness.config.schema import ModelConfig
 from harness.data.vocab import VocabLayout
 from harness.model.open_lm import Architecture, OpenLM
@@ -72,16 +73,6 @@ LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 3e-4, (0.9, 0.95), 0.1, 1.0
 # --tiny: laptop sizes that run every line above in seconds
 TINY_SEQ_LEN, TINY_MICRO_BATCH = 64, 4
 TINY_TEXT_VOCAB, TINY_CODEBOOK, TINY_IMAGE_SIZE = 256, 256, 64
-
-# Dense (no sparsity) bf16 tensor-core peaks from the vendor's datasheets, by device name; the
-# first matching key wins, so the more specific names come first.
-SPEC_BF16_PEAK: list[tuple[str, float]] = [
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-]
 
 NOT_APPLICABLE = "n/a (--cpu --tiny checks the code path; its figures are not the GPU's)"
 
@@ -145,13 +136,6 @@ def sync(device: torch.device) -> None:
 
 # ---- peaks ----
 
-def spec_peak(device_name: str) -> float | None:
-    for key, flops in SPEC_BF16_PEAK:
-        if key in device_name:
-            return flops
-    return None
-
-
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, iterations: int = 20) -> float:
     """FLOP/s of an n x n x n matmul in the training dtype: the rate this chip actually reaches,
     against which an MFU says how much the model leaves on the table (the datasheet's is higher)."""
@@ -205,12 +189,9 @@ def make_optimizer(model: OpenLM, setup: Setup) -> torch.optim.Optimizer:
 
 
 def flops_per_token(model: OpenLM, context: int) -> tuple[int, float]:
-    """(N, 6N + 12 L d context): N counts every matmul weight, the output layer included, but not
-    the input embedding (a lookup, no FLOPs); 12 L d context is attention's QK^T and AV, forward
-    and backward (counted as if not causal, as in the PaLM paper's MFU)."""
+    """(N, model FLOPs per token) as harness.hardware counts them: N without the input embedding."""
     n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("tok_embeddings"))
-    arch = model.arch
-    return n, 6 * n + 12 * arch.n_layers * arch.d_model * context
+    return n, hardware.flops_per_token(n, model.arch.n_layers, model.arch.d_model, context)
 
 
 def train_step(model: OpenLM, optimizer: torch.optim.Optimizer, block: torch.Tensor, setup: Setup) -> torch.Tensor:
@@ -321,7 +302,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_training(setup: Setup, figures: dict[str, Any], targets: dict[str, str]) -> None:
-    peak = spec_peak(figures["device"]) if setup.cuda else None
+    peak = hardware.spec_peak(figures["device"]) if setup.cuda else None
     attention, why = pick_attention(setup)
     result, checkpointing = measure_training_fitting(setup, attention)
     tokens_per_s = result["tokens_per_step"] / result["step_s"]

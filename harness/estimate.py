@@ -34,17 +34,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from harness.config.schema import RunConfig
+from harness import hardware
 from harness.errors import HarnessError
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "bench" / "results"
 ASSUMED_MFU = 0.40
-# Dense bf16 peak per GPU, FLOP/s (no sparsity), by GPU type.
-PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
-# A device name (torch.cuda.get_device_name) -> its peak: the first entry it contains (as bench/gpu.py).
-DEVICE_PEAKS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12)]
 # Cluster profile (launch.cluster) -> GPU type. Other GPU clusters are taken to be A100.
 CLUSTER_GPU = {"a100_8x8": "A100"}
 DEFAULT_GPU = "A100"
@@ -58,7 +55,7 @@ PAPER_OVERRIDES = ["experiment=random_init", "cluster=a100_8x8"]
 @dataclass(frozen=True)
 class Throughput:
     tokens_per_s: float          # per device (GPU; per task on CPU)
-    mfu: Optional[float]         # None on CPU
+    mfu: float | None         # None on CPU
     label: str
 
 
@@ -68,20 +65,20 @@ class Estimate:
     params: int
     vocab_size: int
     flops_per_token: float
-    tokens_per_step: Optional[int]
+    tokens_per_step: int | None
     total_tokens: float
     devices: int                 # GPUs (CPU: tasks)
     device: str                  # "A100", "H200", "CPU"
-    throughput: Optional[Throughput]
+    throughput: Throughput | None
 
     @property
-    def wall_s(self) -> Optional[float]:
+    def wall_s(self) -> float | None:
         if self.throughput is None:
             return None
         return self.total_tokens / (self.throughput.tokens_per_s * self.devices)
 
     @property
-    def gpu_hours(self) -> Optional[float]:
+    def gpu_hours(self) -> float | None:
         if self.wall_s is None or self.device == "CPU":
             return None
         return self.wall_s * self.devices / 3600
@@ -124,12 +121,12 @@ def count_parameters(model: Any, vocab: int) -> int:
 
 
 def flops_per_token(params: int, vocab: int, n_layers: int, d_model: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N (matmuls, forward + backward) + 12 * L * d * seq (attention).
-    N counts every matmul weight, the output layer included; the input embedding is a lookup."""
-    return 6 * (params - vocab * d_model) + 12 * n_layers * d_model * seq_len
+    """harness.hardware's count for a model of `params` parameters whose input embedding (a lookup,
+    no FLOPs) has `vocab` rows."""
+    return hardware.flops_per_token(params - vocab * d_model, n_layers, d_model, seq_len)
 
 
-def gpu_of(config: RunConfig) -> Optional[str]:
+def gpu_of(config: RunConfig) -> str | None:
     """The cluster's GPU type; None for CPU profiles."""
     if config.launch.gpus_per_node <= 0:
         return None
@@ -140,7 +137,7 @@ def gpu_of(config: RunConfig) -> Optional[str]:
 # Benchmarks
 
 
-def read_bench(results_dir: Path, name: str) -> Optional[dict]:
+def read_bench(results_dir: Path, name: str) -> dict | None:
     path = Path(results_dir) / f"{name}.json"
     if not path.exists():
         return None
@@ -158,13 +155,13 @@ def read_bench(results_dir: Path, name: str) -> Optional[dict]:
             "key": rate[0], "tokens_per_s": rate[1]}
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         return None
     return float(value)
 
 
-def _tokens_per_s(figures: dict) -> Optional[tuple[str, float]]:
+def _tokens_per_s(figures: dict) -> tuple[str, float] | None:
     for key in ("tokens_per_s", "train_tokens_per_s", "harness_tokens_per_s", "tokens_per_s_per_gpu"):
         if _number(figures.get(key)) is not None:
             return key, _number(figures[key])
@@ -180,15 +177,7 @@ def _bench_device(bench: dict) -> str:
     return "CPU" if not machine.get("cuda") else "unknown GPU"
 
 
-def peak_of(device: str) -> Optional[float]:
-    """Dense bf16 peak of a GPU named like torch.cuda.get_device_name ('NVIDIA H200' -> 989e12)."""
-    for kind, peak in DEVICE_PEAKS:
-        if kind.lower() in device.lower():
-            return peak
-    return None
-
-
-def _bench_flops(bench: dict, run_fpt: float, run_vocab: int, run_seq: int) -> tuple[Optional[float], str]:
+def _bench_flops(bench: dict, run_fpt: float, run_vocab: int, run_seq: int) -> tuple[float | None, str]:
     """FLOPs per token of the model the benchmark ran, by this module's formula where its figures
     allow (so that its MFU and the run's are counted alike), and how that was known."""
     figures = bench["figures"]
@@ -223,7 +212,7 @@ def _bench_flops(bench: dict, run_fpt: float, run_vocab: int, run_seq: int) -> t
 
 def gpu_throughput(run_fpt: float, gpu: str, run_vocab: int, run_seq: int, results_dir: Path) -> Throughput:
     """Tokens/s per GPU of type `gpu` for a model of `run_fpt` FLOPs per token."""
-    peak = PEAK_BF16[gpu]
+    peak = hardware.spec_peak(gpu)
     try:
         bench, unusable = read_bench(results_dir, "gpu"), ""
     except HarnessError as exc:  # e.g. its training section failed: no rate to use
@@ -233,7 +222,7 @@ def gpu_throughput(run_fpt: float, gpu: str, run_vocab: int, run_seq: int, resul
                           f"nominal (assumed MFU {ASSUMED_MFU:.0%}): {gpu} dense bf16 peak "
                           f"{peak / 1e12:.0f} TFLOP/s x {ASSUMED_MFU:.0%} / FLOPs per token{unusable}")
     device = _bench_device(bench)
-    bench_peak = peak_of(device)
+    bench_peak = hardware.spec_peak(device)
     bench_fpt, how = _bench_flops(bench, run_fpt, run_vocab, run_seq)
     where = f"{bench['path']}: {bench['key']} = {bench['tokens_per_s']:,.0f} on {device}"
     if how == "its mfu":
@@ -253,7 +242,7 @@ def gpu_throughput(run_fpt: float, gpu: str, run_vocab: int, run_seq: int, resul
                       f"measured ({where}; model: {how}; MFU {mfu:.1%}{carried})")
 
 
-def cpu_throughput(run_fpt: float, run_vocab: int, run_seq: int, results_dir: Path) -> Optional[Throughput]:
+def cpu_throughput(run_fpt: float, run_vocab: int, run_seq: int, results_dir: Path) -> Throughput | None:
     try:
         bench = read_bench(results_dir, "train_step")
     except HarnessError:
@@ -379,7 +368,7 @@ def render(rows: list[Estimate]) -> str:
                                enumerate(zip(line, widths))).rstrip() for line in table)
 
 
-def _duration(seconds: Optional[float]) -> str:
+def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 3600:
@@ -389,7 +378,7 @@ def _duration(seconds: Optional[float]) -> str:
     return f"{seconds / 3600:,.0f} h ({seconds / 86400:.1f} d)"
 
 
-def _count(value: Optional[float]) -> str:
+def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 

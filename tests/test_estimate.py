@@ -5,8 +5,10 @@ import json
 
 import pytest
 
+from harness.hardware import spec_peak
+
 from harness.config import compose_runs
-from harness.estimate import (ASSUMED_MFU, PEAK_BF16, count_parameters, estimate, estimate_run,
+from harness.estimate import (ASSUMED_MFU, count_parameters, estimate, estimate_run,
                               flops_per_token, vocab_size)
 from tests.conftest import run_cli
 
@@ -43,7 +45,7 @@ def test_tokens_per_step_and_total_follow_the_config(paper_config, tmp_path):
 
 def test_wall_time_is_tokens_over_throughput_and_nominal_without_bench(paper_config, tmp_path):
     row = estimate_run(paper_config, "random_init", tmp_path)  # empty results dir: nominal
-    assert row.throughput.tokens_per_s == pytest.approx(ASSUMED_MFU * PEAK_BF16["A100"] / row.flops_per_token)
+    assert row.throughput.tokens_per_s == pytest.approx(ASSUMED_MFU * spec_peak("A100") / row.flops_per_token)
     assert row.throughput.label.startswith("nominal (assumed MFU 40%)")
     assert row.wall_s == pytest.approx(row.total_tokens / (row.throughput.tokens_per_s * 64))
     assert row.gpu_hours == pytest.approx(row.wall_s * 64 / 3600)
@@ -71,7 +73,7 @@ def test_a_measured_gpu_figure_is_used_and_labelled_measured(paper_config, tmp_p
     row = estimate_run(paper_config, "random_init", tmp_path)
     # Same GPU type: scaled to the run's model by FLOPs per token only.
     assert row.throughput.tokens_per_s == pytest.approx(20_000 * fpt / row.flops_per_token)
-    assert row.throughput.mfu == pytest.approx(20_000 * fpt / PEAK_BF16["A100"])
+    assert row.throughput.mfu == pytest.approx(20_000 * fpt / spec_peak("A100"))
     assert row.throughput.label.startswith("measured")
     text = estimate(PAPER, tmp_path)
     assert "measured" in text and "nominal" not in text
@@ -89,23 +91,23 @@ def test_a_measurement_on_another_gpu_is_carried_at_its_mfu(paper_config, tmp_pa
     # No model description: the benchmark is taken to have run this model.
     _write_bench(tmp_path, "gpu", {"tokens_per_s": 30_000.0}, "NVIDIA H200")
     row = estimate_run(paper_config, "random_init", tmp_path)
-    mfu = 30_000 * row0.flops_per_token / PEAK_BF16["H200"]
+    mfu = 30_000 * row0.flops_per_token / spec_peak("H200")
     assert row.throughput.mfu == pytest.approx(mfu)
-    assert row.throughput.tokens_per_s == pytest.approx(mfu * PEAK_BF16["A100"] / row0.flops_per_token)
+    assert row.throughput.tokens_per_s == pytest.approx(mfu * spec_peak("A100") / row0.flops_per_token)
     assert "carried to A100" in row.throughput.label and "H200" in row.throughput.label
 
 
 def test_bench_gpu_figures_are_recounted_by_the_same_formula(paper_config, tmp_path):
-    # The figures bench/gpu.py writes: its own flops_per_token leaves out the input embedding, so
-    # the estimate recounts the benchmark's model (open_lm-1b here) with its own formula.
+    # The figures bench/gpu.py writes (its flops_per_token counts seq_len - 1 targets): the estimate
+    # recounts the benchmark's model (open_lm-1b here) with its own formula.
     row0 = estimate_run(paper_config, "random_init", tmp_path)
     _write_bench(tmp_path, "gpu", {"device": "NVIDIA H200", "model": "open_lm_1b", "seq_len": 1088,
                                    "vocab_size": row0.vocab_size, "parameters": row0.params,
                                    "flops_per_token": 8.5e9, "train_tokens_per_s": 40_000.0,
                                    "mfu_vs_spec_peak_pct": 34.4}, "NVIDIA H200")
     row = estimate_run(paper_config, "random_init", tmp_path)
-    assert row.throughput.mfu == pytest.approx(40_000 * row0.flops_per_token / PEAK_BF16["H200"])
-    assert row.throughput.tokens_per_s == pytest.approx(40_000 * PEAK_BF16["A100"] / PEAK_BF16["H200"])
+    assert row.throughput.mfu == pytest.approx(40_000 * row0.flops_per_token / spec_peak("H200"))
+    assert row.throughput.tokens_per_s == pytest.approx(40_000 * spec_peak("A100") / spec_peak("H200"))
     assert row.throughput.label.startswith("measured")
 
 

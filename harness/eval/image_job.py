@@ -22,7 +22,7 @@ from PIL import Image
 
 from harness.config.schema import RunConfig
 from harness.data import raw, synthetic
-from harness.data.dataset import Dataset, open_dataset
+from harness.data.dataset import WITH_TEXT, Dataset, open_dataset
 from harness.data.image_tokenizer import ImageTokenizer
 from harness.data.shards import Sample
 from harness.data.tokenize import data_path, raw_pixels
@@ -56,7 +56,7 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
                                     dataset.manifest["image_tokenizer"]["weights"], device=device)
     sampling = Sampling(settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, settings.seed)
     images = _generate_images(model, tokenizer, captions, dataset, sampling, settings.batch_size, first,
-                              with_text=trained.data.corpus != "images")
+                              with_text=trained.data.corpus in WITH_TEXT)
     _save_grids(images, out / "samples", f"part{settings.part:03d}", settings.grid)
     extractor = _extractor(config, device)
     # The real images' statistics are cached once per (dataset, extractor, count): read and

@@ -54,7 +54,7 @@ def evaluate(collection: Collection, claim: dict[str, Any], scale: str) -> Verdi
         return Verdict(claim, scale, NOT_RUN, sides, f"fewer than {claim['min_seeds']} complete run(s) with "
                        f"{claim['metric']}: {', '.join(short)}")
     b = sides[-1]
-    if claim["test"] == "forgotten":
+    if claim["test"] == "forgotten":  # one arm after, one before
         chance = mean_std(arms[0].values(metrics.named(claim["metric"].replace("task:", "chance:"))))[0]
         return _forgotten(claim, scale, sides, chance or 0.0)
     results = [_compare(claim, a, b) for a in sides[:-1]]
@@ -74,12 +74,14 @@ def _compare(claim: dict[str, Any], a: Side, b: Side) -> tuple[bool, str]:
 
 
 def _forgotten(claim: dict[str, Any], scale: str, sides: list[Side], chance: float) -> Verdict:
-    after, before = sides[0], sides[-1]
-    line = chance + claim["above_chance"]
-    knew, lost = before.mean >= line, after.mean <= line
+    """Knew it (above the line) before, is at or below the line after, and fell by at least the
+    line's height above chance: a slide from just above the line to just below it is no forgetting."""
+    (after, before), margin = sides, claim["above_chance"]
+    line = chance + margin
+    knew, lost, fell = before.mean >= line, after.mean <= line, before.mean - after.mean >= margin
     rule = (f"chance {chance:.3f}, line {line:.3f}: before {before.mean:.3f} ({'above' if knew else 'not above'}), "
-            f"after {after.mean:.3f} ({'at or below' if lost else 'above'})")
-    return Verdict(claim, scale, HOLDS if knew and lost else DOES_NOT_HOLD, sides, rule)
+            f"after {after.mean:.3f} ({'at or below' if lost else 'above'}), drop {before.mean - after.mean:+.3f}")
+    return Verdict(claim, scale, HOLDS if knew and lost and fell else DOES_NOT_HOLD, sides, rule)
 
 
 def _arm(collection: Collection, scale: str, name: str) -> Arm | None:
@@ -91,7 +93,7 @@ def _arm(collection: Collection, scale: str, name: str) -> Arm | None:
     return collection.arm(scale, name)
 
 
-def _side(arm: Arm | None, name: str, metric) -> Side:
+def _side(arm: Arm | None, name: str, metric: metrics.Metric) -> Side:
     if arm is None:
         return Side(name, None, None, [])
     mean, std = mean_std(arm.values(metric))

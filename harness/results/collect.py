@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 from harness.results import figures, metrics
-from harness.results.claims import evaluate_all
+from harness.results.claims import Verdict, evaluate_all
 from harness.results.records import Arm, Collection, Record, collect, mean_std, read_record
 from harness.rundir import find_runs
 
@@ -51,15 +51,19 @@ def build(runs_root: Path, link_base: Path) -> Report:
     env.filters["count"] = lambda v: "-" if v is None else f"{int(v):,}"
     env.filters["links"] = lambda runs: " ".join(f"[{name.split('/')[-1][:6]}]({link})" for name, link in runs) or "-"
     text = env.get_template("RESULTS.md.j2").render(
-        sections=sections, apart=[(r, why) for r, why in collection.apart],
+        sections=sections, apart=collection.apart,
         evaluations=len(collection.evaluations), figures_dir=FIGURES)
     return Report(text, pictures)
 
 
 def render(runs_root: Path, output: Path, link_base: Path | None = None) -> str:
-    """Write RESULTS.md (links relative to `link_base`, default its directory) and its figures."""
+    """Write RESULTS.md (links relative to `link_base`, default its directory) and its figures;
+    figures of an earlier collect that this one does not draw (a scale gone) are removed."""
     report = build(runs_root, link_base or output.parent)
     directory = output.parent / FIGURES
+    for stale in (p for pattern in figures.PATTERNS for p in directory.glob(pattern)):
+        if stale.name not in report.figures:
+            stale.unlink()
     if report.figures:
         directory.mkdir(exist_ok=True)
     for name, png in report.figures.items():
@@ -70,9 +74,13 @@ def render(runs_root: Path, output: Path, link_base: Path | None = None) -> str:
 
 # --- one scale ---------------------------------------------------------------------------------
 
-def _section(collection: Collection, scale: str, verdicts) -> tuple[dict[str, Any], dict[str, bytes]]:
-    arm = lambda name: collection.arm(scale, name)  # noqa: E731
-    present = lambda names: [a for a in map(arm, names) if a is not None]  # noqa: E731
+def _section(collection: Collection, scale: str, verdicts: list[Verdict]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    def arm(name: str) -> Arm | None:
+        return collection.arm(scale, name)
+
+    def present(names: tuple[str, ...]) -> list[Arm]:
+        return [a for a in map(arm, names) if a is not None]
+
     inits = present(figures.INITS)
     drawn = {}
     curves = figures.loss_curves(inits, scale)
@@ -132,16 +140,16 @@ def _language(before: Arm | None, after: Arm | None, random: Arm | None) -> dict
     each kept checkpoint and at the end, the random-init runs at the end."""
     if after is None:
         return None
-    steps = sorted(set.intersection(*(set(r.at_steps("language")) for r in after.runs))) if after.runs else []
-    columns = [("before (pretrain_text)", before, None, 0)] if before else []
+    steps = sorted(set.intersection(*(set(r.at_steps("language")) for r in after.runs)))
+    columns = [("before (pretrain_text)", before, None)] if before else []
     for step in steps:
         tokens = mean_std([t for t in (r.tokens_at(step) for r in after.runs) if t is not None])[0]
-        columns.append((f"pretrained, {int(tokens or 0):,} tokens", after, step, tokens))
+        columns.append((f"pretrained, step {step} (≈{tokens or 0:,.0f} tokens)", after, step))
     if random:
-        columns.append(("random_init, end", random, None, None))
+        columns.append(("random_init, end", random, None))
     rows = []
     for task in LANGUAGE_TASKS:
-        cells = [_stat(arm, metrics.task_accuracy(task, step)) for _, arm, step, _ in columns]
+        cells = [_stat(arm, metrics.task_accuracy(task, step)) for _, arm, step in columns]
         chance = mean_std((before or after).values(metrics.task_chance(task)))[0]
         if any(c["n"] for c in cells):
             rows.append({"task": task, "chance": chance, "cells": cells})
@@ -152,9 +160,12 @@ def _language(before: Arm | None, after: Arm | None, random: Arm | None) -> dict
 def _prompts(before: Arm | None, after: Arm | None) -> list[dict[str, str]]:
     if before is None or after is None:
         return []
-    first = lambda arm: (arm.runs[0].final("language") or {}).get("prompts", [])  # noqa: E731
-    answers = {p["prompt"]: p["answer"] for p in first(after)}
-    return [{"prompt": p["prompt"], "before": p["answer"], "after": answers.get(p["prompt"], "-")} for p in first(before)]
+    def answers(arm: Arm) -> list[dict[str, str]]:
+        return (arm.runs[0].final("language") or {}).get("prompts", [])
+
+    after_answers = {p["prompt"]: p["answer"] for p in answers(after)}
+    return [{"prompt": p["prompt"], "before": p["answer"], "after": after_answers.get(p["prompt"], "-")}
+            for p in answers(before)]
 
 
 def _captions(collection: Collection, scale: str) -> list[dict[str, Any]]:

@@ -3,41 +3,56 @@ software tag, the font matplotlib ships), so the same runs give the same bytes."
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from harness.results.records import Arm, Record
 
 INITS = ("random_init", "pretrained", "pretrained_aligned")
+PATTERNS = ("loss_curves_*.png", "samples_*.png")  # the files collect draws (and may remove)
+STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 SAMPLE_ARMS = ("random_init", "pretrained", "pretrained_aligned", "uncond_random_init", "uncond_pretrained")
 
 
-def _pyplot():
-    import matplotlib
+def _styled(draw: Callable[..., bytes | None]) -> Callable[..., bytes | None]:
+    """Draw in the font matplotlib ships (the bytes must not depend on the host's fonts), without
+    touching the global style."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+    return wrapper
 
-    plt.rcParams.update({"font.family": "DejaVu Sans", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3})
-    return plt
+
+def _figure(**subplots):
+    """A figure never registered with pyplot: nothing global, nothing left open."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=subplots.pop("figsize"))
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(**subplots)
 
 
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
-    figure.clf()
     return buffer.getvalue()
 
 
+@_styled
 def loss_curves(arms: list[Arm], scale: str) -> bytes | None:
     """Text- and image-token training loss vs tokens per init: the seeds' mean, their range shaded."""
     arms = [a for a in arms if a.runs and a.runs[0].metrics]
     if not arms:
         return None
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    figure, axes = _figure(nrows=1, ncols=2, figsize=(9, 3.4))
     for arm in arms:
         steps = sorted(set.intersection(*({m["step"] for m in r.metrics} for r in arm.runs)))
         tokens = np.array([np.mean([_at(r, s)["tokens"] for r in arm.runs]) for s in steps])
@@ -55,6 +70,7 @@ def loss_curves(arms: list[Arm], scale: str) -> bytes | None:
     return _png(figure)
 
 
+@_styled
 def sample_grids(arms: list[Arm], scale: str, random_tokenizer: bool) -> bytes | None:
     """The first saved sample grid of each arm's first seed, side by side."""
     shown = [(arm, grid) for arm in arms if (grid := first_grid(arm.runs[0])) is not None]
@@ -62,8 +78,7 @@ def sample_grids(arms: list[Arm], scale: str, random_tokenizer: bool) -> bytes |
         return None
     from PIL import Image
 
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, len(shown), figsize=(2.6 * len(shown), 3.0), squeeze=False)
+    figure, axes = _figure(nrows=1, ncols=len(shown), figsize=(2.6 * len(shown), 3.0), squeeze=False)
     for axis, (arm, grid) in zip(axes[0], shown):
         axis.imshow(np.asarray(Image.open(grid).convert("RGB")), interpolation="nearest")
         axis.set_title(f"{arm.name}\nseed {arm.runs[0].seed}", fontsize=8)

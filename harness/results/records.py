@@ -15,17 +15,19 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
+from harness.config.identity import LAUNCH_ONLY_SECTIONS
 from harness.rundir import RunDir, RunState
 from harness.train.metrics import read_metrics, without_timing
 
 # libyaml's loader where present: a thousand run configs parse in a fraction of the pure-Python time.
 _YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-# Config sections that never change what a run computes, besides the seed that arms average over.
-NOT_VARIANT = ("seed", "paths", "launch", "container", "eval")
+# What arms average over: the seed, and the sections run identity leaves out (launch-only), plus
+# eval settings, which do not change what a training run computes.
+NOT_VARIANT = ("seed", "eval", *LAUNCH_ONLY_SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Record:
     evals: dict[str, dict[str, Any]]      # "<name>@<step>" -> the eval JSON
     model: dict[str, Any]
     link: str                             # the run directory, relative to RESULTS.md
+    problems: tuple[str, ...] = ()        # files that could not be read: the run is listed apart
 
     @property
     def name(self) -> str:
@@ -71,6 +74,8 @@ class Record:
     @property
     def variant(self) -> str:
         kept = {k: v for k, v in self.config.items() if k not in NOT_VARIANT}
+        launch = self.config.get("launch", {})
+        kept["world_size"] = launch.get("nodes", 1) * launch.get("tasks_per_node", 1)  # changes results
         kept["data_hash"] = self.data_hash
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -96,25 +101,42 @@ class Record:
                 found[int(step)] = value
         return dict(sorted(found.items()))
 
-    def tokens_at(self, step: int) -> int | None:
-        return next((m["tokens"] for m in self.metrics if m.get("step") == step and "tokens" in m), None)
-
-
-def read_record(run: RunDir, relative_to: Path) -> Record | None:
-    if not run.config_path.exists():
+    def tokens_at(self, step: int) -> float | None:
+        """Tokens trained by `step`, interpolated between logged steps (a checkpoint kept at a token
+        count falls between them; tokens per step barely vary)."""
+        logged = [(0, 0)] + [(m["step"], m["tokens"]) for m in self.metrics if "tokens" in m]
+        for (s0, t0), (s1, t1) in zip(logged, logged[1:]):
+            if s0 <= step <= s1:
+                return t0 + (t1 - t0) * (step - s0) / max(s1 - s0, 1)
         return None
-    evals = {}
-    eval_dir = run.path / "eval"
-    if eval_dir.is_dir():
-        for path in sorted(eval_dir.glob("*@*.json")):
+
+
+def read_record(run: RunDir, relative_to: Path) -> Record:
+    evals, problems = {}, []
+    for path in sorted((run.path / "eval").glob("*@*.json")):
+        try:
             evals[path.stem] = json.loads(path.read_text())
+        except json.JSONDecodeError:  # cut by a kill mid-write: never guess at its numbers
+            problems.append(f"unreadable eval/{path.name}")
     model_json = run.path / "model.json"
+    provenance = run.provenance()
     return Record(
-        run=run, config=yaml.load(run.config_path.read_text(), Loader=_YAML), state=run.state().value,
-        provenance=run.provenance() if run.provenance_path.exists() else {},
-        metrics=without_timing(read_metrics(run.metrics_path)), evals=evals,
+        run=run, config=yaml.load(run.config_path.read_text(), Loader=_YAML), state=_state(run, provenance),
+        provenance=provenance, metrics=without_timing(read_metrics(run.metrics_path)), evals=evals,
         model=json.loads(model_json.read_text()) if model_json.exists() else {},
-        link=_relative(run.path, relative_to))
+        link=_relative(run.path, relative_to), problems=tuple(problems))
+
+
+def _state(run: RunDir, provenance: dict[str, Any]) -> str:
+    """From the files alone (never squeue or the process table), so RESULTS.md depends only on the
+    run directories: done, else how the last attempt ended, else incomplete."""
+    if run.done_path.exists():
+        return RunState.DONE.value
+    attempts = provenance.get("attempts") or [{}]
+    return attempts[-1].get("exit_reason") or "incomplete (no end recorded)"
+
+
+EVALUATION_JOBS = ("eval_image", "eval_language", "tokenize")  # their numbers live in the runs they read
 
 
 @dataclass
@@ -125,7 +147,7 @@ class Arm:
     name: str
     runs: list[Record] = field(default_factory=list)
 
-    def values(self, metric) -> list[float]:
+    def values(self, metric: Callable[[Record], float | None]) -> list[float]:
         return [v for v in (metric(r) for r in self.runs) if v is not None]
 
 
@@ -138,7 +160,7 @@ class Collection:
 
     @property
     def scales(self) -> list[str]:
-        order = {"paper": 0, "small": 1, "smoke": 2, "micro": 3}
+        order = {"paper": 0, "smoke": 1, "micro": 2}
         return sorted({s for s, _ in self.arms}, key=lambda s: (order.get(s, 9), s))
 
     def arm(self, scale: str, name: str) -> Arm | None:
@@ -146,10 +168,11 @@ class Collection:
 
 
 def collect(records: list[Record]) -> Collection:
-    evaluations = [r for r in records if r.job in ("eval_image", "eval_language", "tokenize")]
-    trained = [r for r in records if r not in evaluations]
+    evaluations = [r for r in records if r.job in EVALUATION_JOBS]
+    trained = [r for r in records if r.job not in EVALUATION_JOBS]
     apart = [(r, r.state) for r in trained if r.state != RunState.DONE.value]
-    done = [r for r in trained if r.state == RunState.DONE.value]
+    apart += [(r, "; ".join(r.problems)) for r in trained if r.state == RunState.DONE.value and r.problems]
+    done = [r for r in trained if r.state == RunState.DONE.value and not r.problems]
     by_arm: dict[tuple[str, str], list[Record]] = defaultdict(list)
     for record in done:
         by_arm[(record.scale, record.arm)].append(record)

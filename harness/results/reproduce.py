@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from harness.config import compose_runs, load_run_config
+from harness.data.dataset import WITH_IMAGES
 from harness.errors import HarnessError
 from harness.rundir import RunDir
 from harness.status import wait_for
@@ -81,7 +82,7 @@ def evaluation_stages(runs: list[RunDir]) -> list[list[str]]:
         config = load_run_config(run.config_path)
         if config.job != "train":
             continue
-        if config.data.corpus in ("captions", "images"):
+        if config.data.corpus in WITH_IMAGES:
             stages.append(["experiment=eval_image", f"run={run.name}"])
         if config.experiment in LANGUAGE_AT_KEPT_STEPS:
             stages += [["experiment=eval_language", f"run={run.name}", f"step={step}"] for step in kept_steps(run)]

@@ -42,13 +42,58 @@ def test_one_seed_per_arm_is_not_enough(tmp_path):
     assert verdicts(tmp_path)["image_loss_same"] == NOT_RUN
 
 
-def test_forgetting_needs_knowledge_before_and_chance_after(tmp_path):
-    write_run(tmp_path / "lost", "pretrain_text", 0, language={0: 0.9})
-    write_run(tmp_path / "lost", "pretrained", 0, language={0: 0.3})
-    write_run(tmp_path / "kept", "pretrain_text", 0, language={0: 0.9})
-    write_run(tmp_path / "kept", "pretrained", 0, language={0: 0.8})
-    assert verdicts(tmp_path / "lost")["language_forgotten"] == HOLDS
-    assert verdicts(tmp_path / "kept")["language_forgotten"] == DOES_NOT_HOLD
+@pytest.mark.parametrize("before, after, verdict", [(0.9, 0.3, HOLDS), (0.9, 0.8, DOES_NOT_HOLD),
+                                                    (0.36, 0.34, DOES_NOT_HOLD),  # no real drop
+                                                    (0.3, 0.25, DOES_NOT_HOLD)])  # never knew it
+def test_forgetting_needs_knowledge_before_a_drop_and_chance_after(tmp_path, before, after, verdict):
+    write_run(tmp_path, "pretrain_text", 0, language={0: before})
+    write_run(tmp_path, "pretrained", 0, language={0: after})
+    assert verdicts(tmp_path)["language_forgotten"] == verdict
+
+
+def test_every_frozen_arm_must_not_beat_the_baseline(tmp_path):
+    arms = ("freeze_embeddings", "freeze_layernorm", "freeze_ffn", "freeze_layers")
+    for seed in range(2):
+        write_run(tmp_path / "same", "pretrained", seed, loss_image=6.0 + 0.01 * seed)
+        write_run(tmp_path / "better", "pretrained", seed, loss_image=6.0 + 0.01 * seed)
+        for arm in arms:
+            write_run(tmp_path / "same", arm, seed, loss_image=6.1 + 0.01 * seed)
+            write_run(tmp_path / "better", arm, seed, loss_image=(5.0 if arm == "freeze_ffn" else 6.1) + 0.01 * seed)
+    assert verdicts(tmp_path / "same")["freezing_no_help"] == HOLDS
+    assert verdicts(tmp_path / "better")["freezing_no_help"] == DOES_NOT_HOLD
+    write_run(tmp_path / "missing", "pretrained", 0)
+    assert verdicts(tmp_path / "missing")["freezing_no_help"] == NOT_RUN
+
+
+def test_the_smallest_caption_lm_is_compared(tmp_path):
+    import json
+
+    for seed in range(2):
+        write_run(tmp_path, "pretrained", seed, language={0: 0.3})
+        for size, params in (("micro", 100), ("smoke", 1000)):
+            run = write_run(tmp_path, "caption_lm", seed, lr=params)
+            config = (run / "config.yaml").read_text().replace("name: smoke", f"name: {size}")
+            (run / "config.yaml").write_text(config)
+            (run / "model.json").write_text(json.dumps({"parameters": params, "trainable": params}))
+    for run in tmp_path.glob("*/*"):  # caption perplexities: the small LM 5, the big one 50, pretrained 6
+        name = (run / "config.yaml").read_text()
+        ppl = 5.0 if "name: micro" in name else 50.0 if "caption_lm" in name else 6.0
+        for path in (run / "eval").glob("language@*.json"):
+            data = json.loads(path.read_text())
+            path.write_text(json.dumps({**data, "perplexity": {"captions": {"perplexity": ppl}}}))
+        if "caption_lm" in name:
+            (run / "eval" / "language@10.json").write_text(json.dumps(
+                {"tasks": {}, "prompts": [], "perplexity": {"captions": {"perplexity": ppl}}}))
+    assert verdicts(tmp_path)["small_lm_caption_ppl"] == HOLDS
+
+
+def test_two_runs_of_one_seed_are_not_both_averaged(tmp_path):
+    write_run(tmp_path, "random_init", 0, loss_image=6.0)
+    duplicate = write_run(tmp_path / "elsewhere", "random_init", 0, loss_image=6.0)
+    duplicate.rename(tmp_path / "random_init" / "0123456789")
+    collection = collect([read_record(run, tmp_path) for run in find_runs(tmp_path)])
+    assert len(collection.arm("smoke", "random_init").runs) == 1
+    assert [why for _, why in collection.apart] == ["same seed as another run of its arm"]
 
 
 @pytest.mark.parametrize("intruder", [

@@ -22,14 +22,13 @@ def test_results_md_is_what_collect_makes_from_the_committed_outputs():
     assert sorted(report.figures) == committed and committed
     for name, png in report.figures.items():
         assert png == (REPO / FIGURES / name).read_bytes(), name
-    assert build(REPO / COMMITTED, link_base=REPO) == report  # deterministic
 
 
 def test_the_committed_results_have_numbers_in_every_table_and_a_verdict_for_every_claim():
     text = (REPO / "RESULTS.md").read_text()
     for heading in ("Claims", "Main comparison", "Loss curves", "Unconditional generation", "Freezing",
-                    "Contrastive alignment", "Language forgetting", "caption perplexity", "Samples"):
-        assert f"### {heading}" in text or heading in text, heading
+                    "Contrastive alignment", "Language forgetting", "Held-out caption perplexity", "Samples"):
+        assert f"### {heading}" in text, heading
     claims = [line for line in text.splitlines() if line.startswith("| **")]
     assert len(claims) == 9 and all(re.search(r"\*\*(holds|does not hold|not run at this scale)\*\* \|$", c)
                                     for c in claims)
