@@ -61,7 +61,10 @@ def loss_curves(arms: list[Arm], scale: str) -> bytes | None:
             line, = axis.plot(tokens, values.mean(0), label=f"{arm.name} (n={len(arm.runs)})", linewidth=1.3)
             if len(arm.runs) > 1:
                 axis.fill_between(tokens, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+    from matplotlib.ticker import EngFormatter
+
     for axis, modality in zip(axes, ("text", "image")):
+        axis.xaxis.set_major_formatter(EngFormatter(sep=""))  # 100k, 1M: long counts overlap
         axis.set_xlabel("tokens trained")
         axis.set_ylabel(f"training loss_{modality}")
         axis.set_title(f"{modality} tokens ({scale} scale)")
