@@ -7,7 +7,8 @@ ignoring <pad>, backward, clip, step. Both train on the same pre-materialised ba
 data path, in alternating rounds (these machines are noisy), so the figure is a ratio taken side by
 side: overhead = harness_time / bare_time - 1. Warm-up steps are excluded. Nothing here asserts.
 
-    python -m bench.train_step            # ~45M params (d_model 768, 6 layers, 12 heads)
+    python -m bench.train_step            # ~45M params (d_model 768, 6 layers, 12 heads), ZeRO-1 as configured
+    python -m bench.train_step --override train.zero_stage=0   # the same engine without ZeRO partitioning
     python -m bench.train_step --quick    # a seconds-long check of the script itself
 """
 
@@ -50,6 +51,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=8, help="alternating rounds (each side once per round)")
     parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--override", action="append", default=[],
+                        help="more config overrides for the harness side, e.g. train.zero_stage=0")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps: checks the script only")
     args = parser.parse_args()
     if args.quick:
@@ -63,7 +66,7 @@ def compose(args: argparse.Namespace, steps: int) -> RunConfig:
     One rank (the smoke profile has two), and train.steps = the steps we run (the LR schedule)."""
     overrides = ["scale=smoke", f"model.d_model={args.d_model}", f"model.n_layers={args.layers}",
                  f"model.n_heads={args.heads}", f"train.micro_batch={args.micro_batch}", "train.grad_accum=1",
-                 f"train.steps={steps}", "launch.nodes=1", "launch.tasks_per_node=1"]
+                 f"train.steps={steps}", "launch.nodes=1", "launch.tasks_per_node=1", *args.override]
     return compose_runs(overrides)[0].config
 
 
@@ -159,7 +162,7 @@ def interleave(sides: tuple[Side, Side], batches: list[torch.Tensor], args: argp
 
 
 def figures(harness: Side, bare: Side, batches: list[torch.Tensor], layout: VocabLayout,
-            args: argparse.Namespace, params: int) -> dict:
+            args: argparse.Namespace, params: int, config: RunConfig) -> dict:
     timed = batches[args.warmup:args.warmup + args.rounds * args.steps_per_round]
     tokens = sum(count_targets(b, layout) for b in timed)
     h_s, b_s = sum(harness.round_s), sum(bare.round_s)
@@ -171,6 +174,7 @@ def figures(harness: Side, bare: Side, batches: list[torch.Tensor], layout: Voca
             # Same weights, same first batch: the two step-1 losses must agree (the same function).
             "harness_step1_loss": harness.first_loss, "bare_step1_loss": bare.first_loss,
             "step1_loss_abs_diff": abs(harness.first_loss - bare.first_loss),
+            "zero_stage": config.train.zero_stage, "overrides": list(args.override),
             "torch_threads": torch.get_num_threads(), "quick": args.quick}
 
 
@@ -188,7 +192,9 @@ def main() -> None:
         interleave((harness, bare), batches, args)
     finally:
         torch.distributed.destroy_process_group()
-    report(NAME + ("_quick" if args.quick else ""), figures(harness, bare, batches, layout, args, params),
+    # Each variant keeps its own results file: train_step.json is the configured engine (ZeRO-1).
+    variant = "".join(f"_{o.split('.')[-1].replace('=', '').replace('_', '')}" for o in args.override)
+    report(NAME + variant + ("_quick" if args.quick else ""), figures(harness, bare, batches, layout, args, params, config),
            {"overhead": "<= 0.05 (harness step within 5% of a bare PyTorch loop)",
             "step1_loss_abs_diff": "~0 (same weights, same batch)"})
 
