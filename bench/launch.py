@@ -30,14 +30,14 @@ import time
 from pathlib import Path
 
 from bench.common import report
+from harness.results import arms
 
 NAME = "launch"
 REPO = Path(__file__).resolve().parent.parent
 SUBMIT_TARGET_S = 1.0
 COLLECT_TARGET_S = 3.0
-ARMS = ("random_init", "pretrained", "pretrained_aligned", "uncond_random_init", "uncond_pretrained",
-        "freeze_embeddings", "freeze_layernorm", "freeze_ffn", "freeze_layers")
-SAMPLE_ARMS = ("random_init", "pretrained", "pretrained_aligned", "uncond_random_init", "uncond_pretrained")
+SAMPLE_ARMS = arms.INITS + arms.UNCONDITIONAL
+ARMS = SAMPLE_ARMS + arms.FREEZING
 
 
 def submit_overrides(runs_root: Path) -> list[str]:
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     targets = {"submit_dry_run_s": f"< {SUBMIT_TARGET_S:g} s", "submit_dry_run_ratio_to_target": "< 1",
                "collect_s": f"< {COLLECT_TARGET_S:g} s", "collect_ratio_to_target": "< 1"}
-    report(NAME, figures, targets)
+    report(NAME + ("_quick" if args.quick else ""), figures, targets)  # never over a real result
 
 
 if __name__ == "__main__":

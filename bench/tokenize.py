@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         figures[f"projected_hours_{n}_gpus"] = args.images / (per_gpu * n) / 3600
     figures["projection_covers"] = ("encode only, perfect scaling over GPUs; excludes image decoding, "
                                     "resizing, shard reading/writing and stragglers")
-    report(NAME, figures, targets={})
+    report(NAME + ("_quick" if args.quick else ""), figures, targets={})  # never over a real result
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 
 import jinja2
 
-from harness.results import figures, metrics
+from harness.results import arms, figures, metrics
 from harness.results.claims import Verdict, evaluate_all
 from harness.results.records import Arm, Collection, Record, collect, mean_std, read_record
 from harness.rundir import find_runs
@@ -24,9 +24,7 @@ FIGURES = "figures"
 # The paper's MS-COCO FID for the two inits (secondary source; which is which is unconfirmed).
 PAPER_FID = {"random_init": "12.27 or 12.21 (secondary; order unconfirmed)",
              "pretrained": "12.21 or 12.27 (secondary; order unconfirmed)"}
-FREEZING = ("pretrained", "freeze_embeddings", "freeze_layernorm", "freeze_ffn", "freeze_layers")
-UNCONDITIONAL = ("uncond_random_init", "uncond_pretrained")
-ALIGNMENT = ("align", "align[shuffled captions]")
+FREEZING = ("pretrained", *arms.FREEZING)  # beside its unfrozen baseline
 LANGUAGE_TASKS = ("facts_probe", "few_shot_sums")
 
 
@@ -37,7 +35,7 @@ class Report:
 
 
 def build(runs_root: Path, link_base: Path) -> Report:
-    records = [r for r in (read_record(run, link_base) for run in find_runs(runs_root)) if r is not None]
+    records = [read_record(run, link_base) for run in find_runs(runs_root)]
     collection = collect(records)
     verdicts = evaluate_all(collection)
     sections, pictures = [], {}
@@ -81,12 +79,12 @@ def _section(collection: Collection, scale: str, verdicts: list[Verdict]) -> tup
     def present(names: tuple[str, ...]) -> list[Arm]:
         return [a for a in map(arm, names) if a is not None]
 
-    inits = present(figures.INITS)
+    inits = present(arms.INITS)
     drawn = {}
     curves = figures.loss_curves(inits, scale)
     if curves:
         drawn[f"loss_curves_{scale}.png"] = curves
-    samples_arms = present(figures.SAMPLE_ARMS)
+    samples_arms = present(arms.INITS + arms.UNCONDITIONAL)
     random_tokenizer = any("random" in str(r.provenance.get("data", {}).get("image_tokenizer_weights", ""))
                            for a in samples_arms for r in a.runs)
     grid = figures.sample_grids(samples_arms, scale, random_tokenizer)
@@ -94,13 +92,13 @@ def _section(collection: Collection, scale: str, verdicts: list[Verdict]) -> tup
         drawn[f"samples_{scale}.png"] = grid
     section = {
         "scale": scale, "verdicts": verdicts,
-        "image_metric": metrics.image_metric_name([r for a in inits + present(UNCONDITIONAL) for r in a.runs]),
+        "image_metric": metrics.image_metric_name([r for a in inits + present(arms.UNCONDITIONAL) for r in a.runs]),
         "main": [_main_row(a) for a in inits],
         "curves": f"loss_curves_{scale}.png" if curves else None,
         "unconditional": [_row(a, loss_image=metrics.val_loss("image"), fd=metrics.image_metric)
-                          for a in present(UNCONDITIONAL)],
+                          for a in present(arms.UNCONDITIONAL)],
         "freezing": [_freezing_row(a) for a in present(FREEZING)],
-        "alignment": [_row(a, top1=metrics.align_top1, chance=metrics.align_chance) for a in present(ALIGNMENT)],
+        "alignment": [_row(a, top1=metrics.align_top1, chance=metrics.align_chance) for a in present(arms.ALIGNMENT)],
         "language": _language(arm("pretrain_text"), arm("pretrained"), arm("random_init")),
         "prompts": _prompts(arm("pretrain_text"), arm("pretrained")),
         "captions": _captions(collection, scale),

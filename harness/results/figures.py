@@ -12,10 +12,8 @@ import numpy as np
 
 from harness.results.records import Arm, Record
 
-INITS = ("random_init", "pretrained", "pretrained_aligned")
 PATTERNS = ("loss_curves_*.png", "samples_*.png")  # the files collect draws (and may remove)
 STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
-SAMPLE_ARMS = ("random_init", "pretrained", "pretrained_aligned", "uncond_random_init", "uncond_pretrained")
 
 
 def _styled(draw: Callable[..., bytes | None]) -> Callable[..., bytes | None]:

@@ -21,15 +21,14 @@ from typing import TextIO
 from harness.config import compose_runs, load_run_config
 from harness.data.dataset import WITH_IMAGES
 from harness.errors import HarnessError
+from harness.results import arms
 from harness.rundir import RunDir
 from harness.status import wait_for
 from harness.train import checkpoints
 
 # Arms trained with every seed, and the caption-only LM sizes per scale (paper: the
 # caption_lm_sizes group; small scales sweep the small architectures).
-ARMS = ("random_init,pretrained,pretrained_aligned",
-        "freeze_embeddings,freeze_layernorm,freeze_ffn,freeze_layers",
-        "uncond_random_init,uncond_pretrained")
+ARMS = tuple(",".join(group) for group in (arms.INITS, arms.FREEZING, arms.UNCONDITIONAL))
 CAPTION_LM_SIZES = {"paper": "open_lm_tiny,open_lm_79m,open_lm_160m,open_lm_411m,open_lm_1b"}
 SMALL_CAPTION_LM_SIZES = "micro,smoke"
 # Runs whose language ability is measured, and whether at every kept checkpoint or only at the end.
