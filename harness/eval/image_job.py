@@ -44,7 +44,9 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, step = load_model(target, settings.step, device)
     out = target.path / "eval" / f"image@{step}"
-    if settings.part == 0:
+    # The trainer already scored the held-out split at its end (and every eval_every_steps): one
+    # file per step, never overwritten by a second computation on other sample counts.
+    if settings.part == 0 and not (target.path / "eval" / f"val_loss@{step}.json").exists():
         trained_dataset = open_dataset(trained.data, data_root)
         losses = held_out_losses(model, trained_dataset, trained.data.corpus, trained.data.seq_len,
                                  settings.batch_size, limit=settings.loss_samples)
