@@ -70,6 +70,7 @@ class Estimate:
     devices: int                 # GPUs (CPU: tasks)
     device: str                  # "A100", "H200", "CPU"
     throughput: Throughput | None
+    vocab_from: str = ""         # the dataset manifest or the data config
 
     @property
     def wall_s(self) -> float | None:
@@ -92,8 +93,9 @@ def vocab_size(config: RunConfig) -> tuple[int, str]:
     """The joint vocabulary the run's model is built with, and where it came from: the dataset's
     manifest where the dataset is present, else the data config (text + codebook + 2 specials for
     corpora with images, as harness.data.vocab lays it out)."""
-    from harness.data.dataset import WITH_IMAGES, Dataset, dataset_dir
     from harness.data import shards
+    from harness.data.dataset import WITH_IMAGES, Dataset, dataset_dir
+    from harness.data.vocab import VocabLayout
 
     root = dataset_dir(config.data, Path(config.paths.data_root))
     if (root / shards.MANIFEST).exists():
@@ -102,10 +104,9 @@ def vocab_size(config: RunConfig) -> tuple[int, str]:
             return Dataset(root, manifest, data_hash).layout(config.data.corpus).size, f"manifest {root}"
         except (shards.ManifestError, KeyError):
             pass
-    text = config.data.text_vocab_size
-    if config.data.corpus in WITH_IMAGES:
-        return text + config.data.codebook_size + 2, "data config"
-    return text, "data config"
+    codebook = config.data.codebook_size if config.data.corpus in WITH_IMAGES else 0
+    # Only the sizes matter here; the special ids are placeholders.
+    return VocabLayout(config.data.text_vocab_size, 0, 0, 0, codebook).size, "data config"
 
 
 def count_parameters(model: Any, vocab: int) -> int:
@@ -263,7 +264,7 @@ def cpu_throughput(run_fpt: float, run_vocab: int, run_seq: int, results_dir: Pa
 
 
 def estimate_run(config: RunConfig, name: str, results_dir: Path = RESULTS_DIR) -> Estimate:
-    vocab, _ = vocab_size(config)
+    vocab, vocab_from = vocab_size(config)
     params = count_parameters(config.model, vocab)
     seq = config.data.seq_len
     fpt = flops_per_token(params, vocab, config.model.n_layers, config.model.d_model, seq)
@@ -272,12 +273,12 @@ def estimate_run(config: RunConfig, name: str, results_dir: Path = RESULTS_DIR) 
     gpu = gpu_of(config)
     if gpu is None:
         return Estimate(name, params, vocab, fpt, tokens_per_step, total, config.world_size, "CPU",
-                        cpu_throughput(fpt, vocab, seq, results_dir))
+                        cpu_throughput(fpt, vocab, seq, results_dir), vocab_from)
     gpus = config.launch.nodes * config.launch.gpus_per_node
     # One task per GPU: GPUs without a task do not train.
     devices = min(gpus, config.world_size)
     return Estimate(name, params, vocab, fpt, tokens_per_step, total, devices, gpu,
-                    gpu_throughput(fpt, gpu, vocab, seq, results_dir))
+                    gpu_throughput(fpt, gpu, vocab, seq, results_dir), vocab_from)
 
 
 def paper_reference(results_dir: Path = RESULTS_DIR) -> Estimate:
@@ -285,12 +286,9 @@ def paper_reference(results_dir: Path = RESULTS_DIR) -> Estimate:
     harness builds it at paper scale, under the same throughput assumption."""
     from harness.config import compose_runs
 
-    config = compose_runs(PAPER_OVERRIDES)[0].config
-    vocab, _ = vocab_size(config)
-    params = count_parameters(config.model, vocab)
-    fpt = flops_per_token(params, vocab, config.model.n_layers, config.model.d_model, config.data.seq_len)
-    return Estimate("paper (reference)", params, vocab, fpt, None, PAPER_TOKENS, PAPER_GPUS, PAPER_GPU,
-                    gpu_throughput(fpt, PAPER_GPU, vocab, config.data.seq_len, results_dir))
+    run = estimate_run(compose_runs(PAPER_OVERRIDES)[0].config, "paper (reference)", results_dir)
+    return dataclasses.replace(run, tokens_per_step=None, total_tokens=PAPER_TOKENS, devices=PAPER_GPUS,
+                               device=PAPER_GPU)
 
 
 def estimate(overrides: list[str], results_dir: Path = RESULTS_DIR) -> str:
@@ -309,7 +307,7 @@ def estimate(overrides: list[str], results_dir: Path = RESULTS_DIR) -> str:
         row = estimate_run(run.config, name, results_dir)
         key = (row.params, row.vocab_size, row.tokens_per_step, row.total_tokens, row.devices, row.device,
                row.throughput)
-        entry = columns.setdefault(key, [row, [], vocab_size(run.config)[1]])
+        entry = columns.setdefault(key, [row, [], row.vocab_from])
         entry[1].append((run.config.experiment, " ".join(run.overrides) or "(defaults)"))
     rows = []
     for row, runs, vocab_from in columns.values():
