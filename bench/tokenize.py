@@ -67,29 +67,19 @@ def encode_rate(tokenizer: ImageTokenizer, size: int, batch: int, batches: int,
 
 
 def measured_gpu_rate(path: Path) -> tuple[float, str] | None:
-    """(images/s, description) from a GPU benchmark's results file, if it has an encode figure."""
-    if not path.is_file():
-        return None
+    """(images/s, description) from bench/gpu.py's results file, if it has an encode figure
+    (`encode_images_per_s_<variant>`; the 67M one preferred)."""
     try:
         payload = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    found: list[tuple[str, float]] = []
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
-        elif isinstance(node, (int, float)) and not isinstance(node, bool):
-            key = prefix.lower()
-            if "encode" in key and "images_per_s" in key and node > 0:
-                found.append((prefix, float(node)))
-
-    walk(payload.get("figures", payload) if isinstance(payload, dict) else payload, "")
+    figures = payload.get("figures", {}) if isinstance(payload, dict) else {}
+    found = [(key, float(value)) for key, value in figures.items()
+             if "encode" in key and "images_per_s" in key and isinstance(value, (int, float)) and value > 0]
     if not found:
         return None
     key, value = sorted(found, key=lambda kv: "67m" not in kv[0].lower())[0]
-    gpu = (payload.get("machine") or {}).get("gpu", "GPU named in the file") if isinstance(payload, dict) else "GPU"
+    gpu = (payload.get("machine") or {}).get("gpu", "GPU named in the file")
     return value, f"measured: {path.name} '{key}' on {gpu}"
 
 
