@@ -158,6 +158,7 @@ def _language(before: Arm | None, after: Arm | None, random: Arm | None) -> dict
 def _prompts(before: Arm | None, after: Arm | None) -> list[dict[str, str]]:
     if before is None or after is None:
         return []
+
     def answers(arm: Arm) -> list[dict[str, str]]:
         return (arm.runs[0].final("language") or {}).get("prompts", [])
 

@@ -76,10 +76,6 @@ def align_chance(record: Record) -> float | None:
     return record.metrics[-1].get("chance") if record.job == "align" and record.metrics else None
 
 
-def trainable(record: Record) -> float | None:
-    return record.model.get("trainable")
-
-
 def parameters(record: Record) -> float | None:
     return record.model.get("parameters")
 
