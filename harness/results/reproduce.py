@@ -22,7 +22,7 @@ from harness.config import compose_runs, load_run_config
 from harness.data.dataset import WITH_IMAGES
 from harness.errors import HarnessError
 from harness.results import arms
-from harness.rundir import RunDir
+from harness.rundir import RunDir, find_runs
 from harness.status import wait_for
 from harness.train import checkpoints
 
@@ -42,7 +42,7 @@ def training_stages(scale: str, seeds: int) -> list[list[str]]:
     # The pre-trained LM and the alignment are not stages of their own: they are submitted as the
     # upstreams of the runs that start from them, resolved exactly as those runs resolve them.
     return [["experiment=align", "align.shuffle_captions=true"],
-            *[[f"experiment={arms}", seed] for arms in ARMS],
+            *[[f"experiment={group}", seed] for group in ARMS],
             ["experiment=caption_lm", f"model={sizes}", seed]]
 
 
@@ -50,7 +50,6 @@ def reproduce(overrides: list[str], seeds: int = 3, output: Path = Path("RESULTS
               out: TextIO = sys.stdout) -> int:
     """Returns the number of stages that failed."""
     from harness.results.collect import render
-    from harness.rundir import find_runs
     from harness.submit import submit
 
     config = compose_runs([*overrides, "experiment=random_init"])[0].config
