@@ -173,10 +173,12 @@ class RankRecord:
 
     def failure(self, code: int) -> str:
         where = self.where
+        # The trainer's own reason, when it wrote one, says more than a signal during teardown.
+        reason = self.error_path.read_text().strip() if self.error_path.exists() else None
         if code < 0:
-            return f"{where}: trainer killed by {signal.Signals(-code).name}"
-        detail = self.error_path.read_text().strip() if self.error_path.exists() else f"see {self.log_path}"
-        return f"{where}: trainer exit code {code}: {detail}"
+            killed = f"{where}: trainer killed by {signal.Signals(-code).name}"
+            return f"{killed} after: {reason}" if reason else killed
+        return f"{where}: trainer exit code {code}: {reason or f'see {self.log_path}'}"
 
     def _write(self) -> None:
         partial = self.path.with_suffix(".json.partial")

@@ -83,8 +83,6 @@ def train(run_dir: Path) -> None:
         _prepare_metrics(run, start.step)
     _loop(run, config, engine, stream, layout, start, stop, client, dataset)
     dist.barrier()
-    # Tear the process group down explicitly: left to interpreter exit, gloo's threads can abort.
-    dist.destroy_process_group()
 
 
 def training_stream(config: RunConfig, dataset, rank: int, world: int) -> RankStream:
@@ -310,4 +308,13 @@ def main(run_dir: str, error_file: str | None = None) -> int:
         if error_file:
             Path(error_file).write_text(reason + "\n")
         raise
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Tear the process group down on every way out: left to interpreter exit, gloo's threads can
+    abort the process (SIGABRT) and hide how the rank really ended."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

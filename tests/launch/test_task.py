@@ -1,5 +1,6 @@
 from harness.config import compose_runs
 from harness.launch.environment import torch_env
+from harness.launch import task
 from harness.launch.task import preflight
 
 
@@ -50,3 +51,11 @@ def test_dataset_staging_copies_once_per_node(tmp_path):
     (source / "manifest.json").write_text('{"version": 2}')  # a new dataset version is staged again
     stage_dataset(Run(), str(scratch), local_rank=0)
     assert (scratch / "micro-abc" / "shard.tar").read_bytes() == b"changed"
+
+
+def test_a_rank_killed_after_writing_its_reason_reports_both(tmp_path):
+    record = task.RankRecord(tmp_path, rank=0, local_rank=0)
+    assert record.failure(-6).endswith("trainer killed by SIGABRT")
+    record.error_path.write_text("non-finite loss (nan) at step 10\n")
+    assert record.failure(-6).endswith("trainer killed by SIGABRT after: non-finite loss (nan) at step 10")
+    assert record.failure(1).endswith("trainer exit code 1: non-finite loss (nan) at step 10")
