@@ -14,6 +14,7 @@ from harness.results.records import Arm, Collection, mean_std
 
 CLAIMS_FILE = Path(__file__).parent / "claims.yaml"
 HOLDS, DOES_NOT_HOLD, NOT_RUN = "holds", "does not hold", "not run at this scale"
+NOT_COMPARABLE = "not comparable"
 SMALLEST = "[smallest]"
 
 
@@ -53,6 +54,10 @@ def evaluate(collection: Collection, claim: dict[str, Any], scale: str) -> Verdi
     if short:
         return Verdict(claim, scale, NOT_RUN, sides, f"fewer than {claim['min_seeds']} complete run(s) with "
                        f"{claim['metric']}: {', '.join(short)}")
+    mixed = metrics.mixed_settings(metric, [r for arm in arms for r in arm.runs])
+    if mixed:
+        return Verdict(claim, scale, NOT_COMPARABLE, sides, f"{claim['metric']} measured under different "
+                       f"settings: {mixed}")
     b = sides[-1]
     if claim["test"] == "forgotten":  # one arm after, one before
         chance = mean_std(arms[0].values(metrics.named(claim["metric"].replace("task:", "chance:"))))[0]

@@ -109,10 +109,12 @@ def _section(collection: Collection, scale: str, verdicts: list[Verdict]) -> tup
     return section, drawn
 
 
-def _stat(arm: Arm, metric) -> dict[str, Any]:
+def _stat(arm: Arm, metric: metrics.Metric) -> dict[str, Any]:
+    if metrics.mixed_settings(metric, arm.runs):
+        return {"mean": None, "std": None, "n": 0, "mixed": True}
     values = arm.values(metric)
     mean, std = mean_std(values)
-    return {"mean": mean, "std": std, "n": len(values)}
+    return {"mean": mean, "std": std, "n": len(values), "mixed": False}
 
 
 def _row(arm: Arm, **columns) -> dict[str, Any]:

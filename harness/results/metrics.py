@@ -2,22 +2,68 @@
 
 A metric is named by a string so the claims file can name it: `val_loss_image`,
 `train_loss_text@0.05` (the training loss at 5% of the run's tokens), `fd`, `task:facts_probe`.
+Each also reads the settings its number was measured under (extractor, sample count, reference
+statistics, held-out targets): values measured under different settings are never averaged or
+compared.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 from harness.results.records import Record
 
-Metric = Callable[[Record], "float | None"]
+Reader = Callable[[Record], "float | None"]
+
+
+def _no_settings(_record: Record) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number read from one run's directory, and the settings it was measured under (None where
+    nothing but the training variant, already part of the arm, decides it)."""
+
+    read: Reader
+    settings: Callable[[Record], str | None] = _no_settings
+
+    def __call__(self, record: Record) -> float | None:
+        return self.read(record)
+
+
+def mixed_settings(metric: Metric, records: list[Record]) -> str | None:
+    """None where every record with a value measured `metric` under one setting; otherwise what
+    differs, e.g. "samples: 64 (5 runs), 256 (1 run)": such values are not averaged or compared."""
+    found = [json.loads(metric.settings(r) or "{}") for r in records if metric(r) is not None]
+    keys = sorted({k for one in found for k in one})
+    counts = {k: Counter(json.dumps(one.get(k), sort_keys=True) for one in found) for k in keys}
+    differing = {k: c for k, c in counts.items() if len(c) > 1}
+    if not differing:
+        return None
+    return "; ".join(f"{k}: " + ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in sorted(c.items()))
+                     for k, c in differing.items())
+
+
+def _settings(found: dict[str, Any] | None, **picked: Any) -> str | None:
+    return None if found is None else json.dumps(picked, sort_keys=True, default=str)
 
 
 def val_loss(modality: str) -> Metric:
     def read(record: Record) -> float | None:
         found = record.final("val_loss")
         return None if found is None else found.get(f"loss_{modality}")
-    return read
+
+    def settings(record: Record) -> str | None:
+        found = record.final("val_loss")
+        provenance = (found or {}).get("provenance", {})
+        return _settings(found, dataset=provenance.get("dataset"), split=provenance.get("split"),
+                         targets=(found or {}).get(f"targets_{modality}"))
+    return Metric(read, settings)
 
 
 def train_loss_at(modality: str, fraction: float) -> Metric:
@@ -28,12 +74,24 @@ def train_loss_at(modality: str, fraction: float) -> Metric:
         total = record.metrics[-1]["tokens"]
         point = next((m for m in record.metrics if m["tokens"] >= fraction * total), None)
         return None if point is None else point.get(f"loss_{modality}")
-    return read
+    return Metric(read)
 
 
-def image_metric(record: Record) -> float | None:
+def _image_settings(record: Record) -> str | None:
+    """FD values compare only from one extractor, one sample count and one reference set (its file
+    name, not the machine-specific cache directory it lives in)."""
+    found = record.final("image")
+    return _settings(found, **{k: (found or {}).get(k) for k in ("metric", "extractor", "samples", "dataset",
+                                                                 "sampling")},
+                     reference=Path(str((found or {}).get("reference"))).name)
+
+
+def _image_value(record: Record) -> float | None:
     found = record.final("image")
     return None if found is None else found["value"]
+
+
+image_metric = Metric(_image_value, _image_settings)
 
 
 def image_metric_name(records: list[Record]) -> str:
@@ -42,42 +100,53 @@ def image_metric_name(records: list[Record]) -> str:
     return " / ".join(names) if names else "FD/FID"
 
 
-def clip_score(record: Record) -> float | None:
+def _clip_value(record: Record) -> float | None:
     found = record.final("image")
     return None if found is None else (found.get("clip_score") or {}).get("value")
 
 
+clip_score = Metric(_clip_value, _image_settings)
+
+
 def task_accuracy(task: str, step: int | None = None) -> Metric:
-    def read(record: Record) -> float | None:
+    def found_at(record: Record) -> dict[str, Any] | None:
         found = record.final("language") if step is None else record.at_steps("language").get(step)
-        return None if found is None or task not in found["tasks"] else found["tasks"][task]["accuracy"]
-    return read
+        return None if found is None or task not in found["tasks"] else found
+
+    def read(record: Record) -> float | None:
+        found = found_at(record)
+        return None if found is None else found["tasks"][task]["accuracy"]
+
+    def settings(record: Record) -> str | None:
+        found = found_at(record)
+        item = (found or {}).get("tasks", {}).get(task, {})
+        return _settings(found, scorer=(found or {}).get("scorer"), kind=item.get("kind"), n=item.get("n"))
+    return Metric(read, settings)
 
 
 def task_chance(task: str) -> Metric:
     def read(record: Record) -> float | None:
         found = record.final("language")
         return None if found is None or task not in found["tasks"] else found["tasks"][task].get("chance", 0.0)
-    return read
+    return Metric(read)
 
 
 def perplexity(corpus: str) -> Metric:
-    def read(record: Record) -> float | None:
+    def scored(record: Record) -> dict[str, Any] | None:
         found = record.final("language")
-        return None if found is None else found["perplexity"].get(corpus, {}).get("perplexity")
-    return read
+        return None if found is None else found["perplexity"].get(corpus)
+
+    def read(record: Record) -> float | None:
+        return (scored(record) or {}).get("perplexity")
+
+    def settings(record: Record) -> str | None:
+        return _settings(scored(record), targets=(scored(record) or {}).get("targets"))
+    return Metric(read, settings)
 
 
-def align_top1(record: Record) -> float | None:
-    return record.metrics[-1].get("val_top1") if record.job == "align" and record.metrics else None
-
-
-def align_chance(record: Record) -> float | None:
-    return record.metrics[-1].get("chance") if record.job == "align" and record.metrics else None
-
-
-def parameters(record: Record) -> float | None:
-    return record.model.get("parameters")
+align_top1 = Metric(lambda r: r.metrics[-1].get("val_top1") if r.job == "align" and r.metrics else None)
+align_chance = Metric(lambda r: r.metrics[-1].get("chance") if r.job == "align" and r.metrics else None)
+parameters = Metric(lambda r: r.model.get("parameters"))
 
 
 def named(name: str) -> Metric:

@@ -12,9 +12,10 @@ import yaml
 
 def write_run(root: Path, experiment: str, seed: int, *, scale: str = "smoke", done: bool = True,
               loss_image: float = 6.0, loss_text: float = 1.0, early_text: float | None = None,
-              fd: float | None = None, language: dict[int, float] | None = None, lr: float = 3e-3,
-              steps: int = 10) -> Path:
-    """One training run; `language` maps step (0 = the final step) to facts_probe accuracy."""
+              fd: float | None = None, fd_samples: int = 64, val_targets: int = 512,
+              language: dict[int, float] | None = None, lr: float = 3e-3, steps: int = 10) -> Path:
+    """One training run; `language` maps step (0 = the final step) to facts_probe accuracy;
+    `fd_samples` and `val_targets` are settings its evaluations were measured under."""
     run_id = hashlib.sha256(f"{experiment}{seed}{scale}{lr}".encode()).hexdigest()[:10]
     path = root / experiment / run_id
     (path / "eval").mkdir(parents=True)
@@ -31,9 +32,13 @@ def write_run(root: Path, experiment: str, seed: int, *, scale: str = "smoke", d
     records.append({"step": steps, "tokens": 100 * steps, "loss_text": loss_text, "loss_image": loss_image})
     (path / "metrics.jsonl").write_text("".join(json.dumps({**r, "timing": {}}) + "\n" for r in records))
     (path / "model.json").write_text(json.dumps({"parameters": 1000, "trainable": 1000}))
-    _eval(path, "val_loss", steps, {"loss_text": loss_text, "loss_image": loss_image})
+    _eval(path, "val_loss", steps, {"loss_text": loss_text, "loss_image": loss_image, "targets_text": val_targets,
+                                    "targets_image": val_targets, "provenance": {"dataset": "d" * 64, "split": "val"}})
     if fd is not None:
-        _eval(path, "image", steps, {"metric": "FD (random extractor)", "value": fd, "clip_score": {"value": None}})
+        _eval(path, "image", steps, {"metric": "FD (random extractor)", "value": fd, "samples": fd_samples,
+                                     "extractor": "random conv net (seed 0, dim 64)",
+                                     "reference": f"/cache/fid_reference/ddd-random--{fd_samples}.npz",
+                                     "clip_score": {"value": None}})
     for step, accuracy in (language or {}).items():
         tasks = {"facts_probe": {"accuracy": accuracy, "chance": 0.25}}
         _eval(path, "language", step or steps, {"tasks": tasks, "prompts": [], "perplexity": {}})

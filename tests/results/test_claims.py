@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results.claims import DOES_NOT_HOLD, HOLDS, NOT_RUN, evaluate_all
+from harness.results.claims import DOES_NOT_HOLD, HOLDS, NOT_COMPARABLE, NOT_RUN, evaluate_all
 from harness.results.records import collect, read_record
 from harness.rundir import find_runs
 from tests.results.runs import write_run
@@ -27,6 +27,16 @@ def test_equal_losses_hold_and_a_clear_gap_does_not(tmp_path):
     assert verdicts(tmp_path / "same")["fid_same"] == HOLDS
     assert verdicts(tmp_path / "gap")["image_loss_same"] == DOES_NOT_HOLD
     assert verdicts(tmp_path / "gap")["fid_same"] == NOT_RUN  # no image evaluation there
+
+
+def test_values_measured_under_other_settings_are_not_compared(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, "random_init", seed, fd=30 + seed, fd_samples=64)
+        write_run(tmp_path, "pretrained", seed, fd=30 + seed, fd_samples=64 if seed else 256, val_targets=100)
+    found = verdicts(tmp_path)
+    assert found["fid_same"] == NOT_COMPARABLE  # one FD from 256 samples
+    assert found["image_loss_same"] == NOT_COMPARABLE  # held out on fewer targets
+    assert found["text_loss_early_advantage"] != NOT_COMPARABLE  # training losses carry no eval settings
 
 
 def test_an_early_text_advantage_is_lower_beyond_seed_noise(tmp_path):

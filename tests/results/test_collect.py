@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 import yaml
 
-from harness.results.claims import NOT_RUN
+from harness.results.claims import HOLDS, NOT_COMPARABLE, NOT_RUN
 from harness.results.collect import FIGURES, build
 from tests.conftest import REPO, micro_args, run_cli
 
@@ -30,7 +31,7 @@ def test_the_committed_results_have_numbers_in_every_table_and_a_verdict_for_eve
                     "Contrastive alignment", "Language forgetting", "Held-out caption perplexity", "Samples"):
         assert f"### {heading}" in text, heading
     claims = [line for line in text.splitlines() if line.startswith("| **")]
-    assert len(claims) == 9 and all(re.search(r"\*\*(holds|does not hold|not run at this scale)\*\* \|$", c)
+    assert len(claims) == 9 and all(re.search(r"\*\*(holds|does not hold|not run at this scale|not comparable)\*\* \|$", c)
                                     for c in claims)
     assert "(n=3)" in text and "FD (random extractor)" in text
 
@@ -70,3 +71,15 @@ def test_reproduce_runs_every_experiment_and_its_evaluations_then_collects(tmp_p
     text = (tmp_path / "RESULTS.md").read_text()
     assert "Listed apart" not in text and "## Scale: micro" in text
     assert (tmp_path / FIGURES / "loss_curves_micro.png").exists()
+
+
+def test_an_fd_from_another_sample_count_is_neither_averaged_nor_compared(tmp_path):
+    shutil.copytree(REPO / COMMITTED, tmp_path / COMMITTED, ignore=shutil.ignore_patterns(".code", "checkpoints"))
+    (image,) = sorted((tmp_path / COMMITTED / "pretrained").glob("*/eval/image@*.json"))[:1]
+    found = json.loads(image.read_text())
+    image.write_text(json.dumps({**found, "samples": found["samples"] * 4}))
+    text = build(tmp_path / COMMITTED, link_base=tmp_path).text
+    row = next(line for line in text.splitlines() if line.startswith("| pretrained |"))  # the main table
+    assert "not averaged: measured under different settings" in row
+    assert re.search(rf"\*\*fid_same\*\*.*samples.*\*\*{NOT_COMPARABLE}\*\* \|$", text, re.MULTILINE)
+    assert re.search(rf"\*\*image_loss_same\*\*.*\*\*{HOLDS}\*\* \|$", text, re.MULTILINE)  # its losses still count
