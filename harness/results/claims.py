@@ -75,7 +75,10 @@ def _compare(claim: dict[str, Any], a: Side, b: Side) -> tuple[bool, str]:
           "not_lower": difference >= -margin, "not_higher": difference <= margin}[test]
     symbol = {"equivalent": "|Δ| <= margin", "lower": "Δ < -margin", "not_lower": "Δ >= -margin",
               "not_higher": "Δ <= margin"}[test]
-    return ok, f"{a.arm} - {b.arm}: Δ = {difference:+.4g}, margin {margin:.3g} ({symbol}: {'yes' if ok else 'no'})"
+    # The interval is evidence beside the rule, not part of it: the rule was fixed before any run.
+    spread = 2 * math.sqrt(a.std ** 2 / len(a.runs) + b.std ** 2 / len(b.runs))
+    return ok, (f"{a.arm} - {b.arm}: Δ = {difference:+.4g} (±{spread:.2g}, 2 standard errors), margin {margin:.3g} "
+                f"({symbol}: {'yes' if ok else 'no'})")
 
 
 def _forgotten(claim: dict[str, Any], scale: str, sides: list[Side], chance: float) -> Verdict:
