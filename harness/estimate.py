@@ -15,9 +15,10 @@ CPU profiles (launch.gpus_per_node = 0) are estimated only from bench/results/tr
 same way, scaled by FLOPs per token.
 
 A benchmark file is {"machine": {"gpu": ...}, "figures": {...}} (bench.common.report). From its
-figures: the tokens/s ("tokens_per_s", "train_tokens_per_s" (bench/gpu.py), "harness_tokens_per_s"
-(bench/train_step.py), "tokens_per_s_per_gpu", else the largest figure whose key contains
-"tokens_per_s"); the device ("device"/"gpu" figure, else machine.gpu); and what it ran, so that its
+figures: the tokens/s ("tokens_per_s", "train_tokens_per_s" (bench/gpu.py), "harness_positions_per_s"
+(bench/train_step.py: positions, padding included, as the run's token budget counts them), else
+"harness_tokens_per_s" (non-pad targets), "tokens_per_s_per_gpu", else the largest figure whose
+key contains "tokens_per_s"); the device ("device"/"gpu" figure, else machine.gpu); and what it ran, so that its
 FLOPs per token are counted by the same formula as the run's: "parameters" with "n_layers" and
 "d_model" or a jobs/model name in "model" (and "seq_len"; else the run's), else its
 "flops_per_token" or "mfu" figure as given. Without any of these the benchmark is taken to have
@@ -163,7 +164,8 @@ def _number(value: Any) -> float | None:
 
 
 def _tokens_per_s(figures: dict) -> tuple[str, float] | None:
-    for key in ("tokens_per_s", "train_tokens_per_s", "harness_tokens_per_s", "tokens_per_s_per_gpu"):
+    for key in ("tokens_per_s", "train_tokens_per_s", "harness_positions_per_s", "harness_tokens_per_s",
+                "tokens_per_s_per_gpu"):
         if _number(figures.get(key)) is not None:
             return key, _number(figures[key])
     found = [(key, _number(v)) for key, v in figures.items() if "tokens_per_s" in key and _number(v) is not None]

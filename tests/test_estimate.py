@@ -115,10 +115,12 @@ def test_a_cpu_profile_needs_a_gpu_profile_or_a_cpu_measurement(tmp_path):
     text = estimate(["scale=micro"], tmp_path)
     assert "needs a GPU cluster profile" in text
     config = compose_runs(["scale=micro"])[0].config
-    # The figures bench/train_step.py writes; the harness's step, not the bare one, is the rate.
+    # The figures bench/train_step.py writes: the harness's step, not the bare one, is the rate, and
+    # in positions (the run's token budget counts padding too), not non-pad targets.
     m = config.model
     _write_bench(tmp_path, "train_step", {"parameters": 70_080, "d_model": m.d_model, "n_layers": m.n_layers,
-                                          "harness_tokens_per_s": 5_000.0, "bare_tokens_per_s": 6_000.0}, None)
+                                          "harness_positions_per_s": 5_000.0, "harness_tokens_per_s": 4_000.0,
+                                          "bare_tokens_per_s": 6_000.0}, None)
     row = estimate_run(config, "micro", tmp_path)
     assert row.device == "CPU" and row.gpu_hours is None
     bench_fpt = flops_per_token(70_080, row.vocab_size, m.n_layers, m.d_model, config.data.seq_len)
