@@ -165,13 +165,14 @@ def figures(harness: Side, bare: Side, batches: list[torch.Tensor], layout: Voca
             args: argparse.Namespace, params: int, config: RunConfig) -> dict:
     timed = batches[args.warmup:args.warmup + args.rounds * args.steps_per_round]
     tokens = sum(count_targets(b, layout) for b in timed)
-    positions = sum(b[:, 1:].numel() for b in timed)  # what the model computes, padding included
+    positions = sum(b[:, 1:].numel() for b in timed)  # inputs the model computes, padding included
     h_s, b_s = sum(harness.round_s), sum(bare.round_s)
     per_round = [h / b for h, b in zip(harness.round_s, bare.round_s)]
     return {"parameters": params, "d_model": args.d_model, "n_layers": args.layers, "n_heads": args.heads,
             "micro_batch": args.micro_batch, "timed_steps_per_side": len(timed), "timed_tokens_per_side": tokens,
             "harness_tokens_per_s": tokens / h_s, "bare_tokens_per_s": tokens / b_s,
-            # harness.estimate's rate: its token budgets count positions (batch x seq_len).
+            # harness.estimate's rate: its token budgets count positions (batch x seq_len; the model
+            # sees seq_len - 1 of each sequence, 1% fewer at smoke).
             "timed_positions_per_side": positions, "harness_positions_per_s": positions / h_s,
             "overhead": h_s / b_s - 1, "overhead_median_round": statistics.median(per_round) - 1,
             # Same weights, same first batch: the two step-1 losses must agree (the same function).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,8 @@ def evaluate(collection: Collection, claim: dict[str, Any], scale: str) -> Verdi
                        f"{claim['metric']}: {', '.join(short)}")
     mixed = metrics.mixed_settings(metric, [r for arm in arms for r in arm.runs])
     if mixed:
-        return Verdict(claim, scale, NOT_COMPARABLE, sides, f"{claim['metric']} measured under different "
+        unaveraged = [dataclasses.replace(side, mean=None, std=None) for side in sides]
+        return Verdict(claim, scale, NOT_COMPARABLE, unaveraged, f"{claim['metric']} measured under different "
                        f"settings: {mixed}")
     b = sides[-1]
     if claim["test"] == "forgotten":  # one arm after, one before
@@ -75,7 +77,8 @@ def _compare(claim: dict[str, Any], a: Side, b: Side) -> tuple[bool, str]:
           "not_lower": difference >= -margin, "not_higher": difference <= margin}[test]
     symbol = {"equivalent": "|Δ| <= margin", "lower": "Δ < -margin", "not_lower": "Δ >= -margin",
               "not_higher": "Δ <= margin"}[test]
-    # The interval is evidence beside the rule, not part of it: the rule was fixed before any run.
+    # Evidence beside the rule, not part of it (the rule was fixed before any run); a rough interval:
+    # with 3 seeds, ±2 standard errors covers less than 95%.
     spread = 2 * math.sqrt(a.std ** 2 / len(a.runs) + b.std ** 2 / len(b.runs))
     return ok, (f"{a.arm} - {b.arm}: Δ = {difference:+.4g} (±{spread:.2g}, 2 standard errors), margin {margin:.3g} "
                 f"({symbol}: {'yes' if ok else 'no'})")

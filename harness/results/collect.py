@@ -151,7 +151,7 @@ def _language(before: Arm | None, after: Arm | None, random: Arm | None) -> dict
     for task in LANGUAGE_TASKS:
         cells = [_stat(arm, metrics.task_accuracy(task, step)) for _, arm, step in columns]
         chance = mean_std((before or after).values(metrics.task_chance(task)))[0]
-        if any(c["n"] for c in cells):
+        if any(c["n"] or c["mixed"] for c in cells):
             rows.append({"task": task, "chance": chance, "cells": cells})
     return {"columns": [c[0] for c in columns], "rows": rows,
             "runs": [(r.name, r.link) for a in (before, after, random) if a for r in a.runs]}

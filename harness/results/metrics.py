@@ -38,7 +38,7 @@ class Metric:
 
 def mixed_settings(metric: Metric, records: list[Record]) -> str | None:
     """None where every record with a value measured `metric` under one setting; otherwise what
-    differs, e.g. "samples: 64 (5 runs), 256 (1 run)": such values are not averaged or compared."""
+    differs, e.g. "samples: 256 (1 run), 64 (5 runs)": such values are not averaged or compared."""
     found = [json.loads(metric.settings(r) or "{}") for r in records if metric(r) is not None]
     keys = sorted({k for one in found for k in one})
     counts = {k: Counter(json.dumps(one.get(k), sort_keys=True) for one in found) for k in keys}
@@ -78,12 +78,13 @@ def train_loss_at(modality: str, fraction: float) -> Metric:
 
 
 def _image_settings(record: Record) -> str | None:
-    """FD values compare only from one extractor, one sample count and one reference set (its file
-    name, not the machine-specific cache directory it lives in)."""
+    """FD values compare only from one extractor, one sample count, one reference set (its file
+    name, not the machine-specific cache directory it lives in) and one way of sampling; the
+    sampling seed is a draw, not a setting."""
     found = record.final("image")
-    return _settings(found, **{k: (found or {}).get(k) for k in ("metric", "extractor", "samples", "dataset",
-                                                                 "sampling")},
-                     reference=Path(str((found or {}).get("reference"))).name)
+    sampling = {k: v for k, v in ((found or {}).get("sampling") or {}).items() if k != "seed"}
+    return _settings(found, **{k: (found or {}).get(k) for k in ("metric", "extractor", "samples", "dataset")},
+                     sampling=sampling, reference=Path(str((found or {}).get("reference"))).name)
 
 
 def _image_value(record: Record) -> float | None:

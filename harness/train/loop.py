@@ -297,9 +297,12 @@ def _sample_id_log(run: RunDir, config: RunConfig, rank: int, start_step: int):
 
 def main(run_dir: str, error_file: str | None = None) -> int:
     """Run one rank; on failure leave a one-line reason where the host-side task can read it."""
+    failed = True
     try:
         train(Path(run_dir))
+        failed = False
     except Checkpointed as exc:
+        failed = False  # every rank agreed to stop here: no collective is left in flight
         print(f"trainer: {exc}; exiting for requeue", file=sys.stderr, flush=True)
         return CHECKPOINTED_EXIT
     except Exception as exc:
@@ -309,12 +312,19 @@ def main(run_dir: str, error_file: str | None = None) -> int:
             Path(error_file).write_text(reason + "\n")
         raise
     finally:
-        _leave_process_group()
+        _leave_process_group(failed)
     return 0
 
 
-def _leave_process_group() -> None:
-    """Tear the process group down on every way out: left to interpreter exit, gloo's threads can
-    abort the process (SIGABRT) and hide how the rank really ended."""
-    if dist.is_available() and dist.is_initialized():
+def _leave_process_group(failed: bool) -> None:
+    """Tear the process group down on the way out: left to interpreter exit, gloo's threads can
+    abort the process (SIGABRT) and hide how the rank really ended. Not after a failure on NCCL,
+    whose teardown waits for collectives the other ranks may still be in; the host's task ends
+    those ranks instead. A teardown error is reported, never raised: it must not replace the
+    rank's own ending."""
+    if not (dist.is_available() and dist.is_initialized()) or (failed and dist.get_backend() == "nccl"):
+        return
+    try:
         dist.destroy_process_group()
+    except Exception as exc:  # noqa: BLE001 - reported, and the rank's own ending stands
+        print(f"trainer: process group teardown failed: {one_line(exc)}", file=sys.stderr, flush=True)

@@ -82,4 +82,5 @@ def test_an_fd_from_another_sample_count_is_neither_averaged_nor_compared(tmp_pa
     row = next(line for line in text.splitlines() if line.startswith("| pretrained |"))  # the main table
     assert "not averaged: measured under different settings" in row
     assert re.search(rf"\*\*fid_same\*\*.*samples.*\*\*{NOT_COMPARABLE}\*\* \|$", text, re.MULTILINE)
+    assert re.search(r"\*\*fid_same\*\*.*\| pretrained -; random_init - \[fd", text)  # nor averaged there
     assert re.search(rf"\*\*image_loss_same\*\*.*\*\*{HOLDS}\*\* \|$", text, re.MULTILINE)  # its losses still count
