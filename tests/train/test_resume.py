@@ -106,8 +106,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert result.returncode == 1
     assert "non-finite loss (nan) at step 10" in result.stderr and "last good checkpoint: step00000008" in result.stderr
     run = the_run(tmp_path)
-    # Each rank ended by its own error, not by a signal during teardown.
-    assert [json.loads((run.logs(1) / f"rank{r}.json").read_text())["exit_code"] for r in (0, 1)] == [1, 1]
+    # Each rank ended by its own error (a HarnessError exits 2), not by a signal during teardown.
+    assert [json.loads((run.logs(1) / f"rank{r}.json").read_text())["exit_code"] for r in (0, 1)] == [2, 2]
     assert checkpoints.verify(run.checkpoints / "step00000008") is None
     assert not (run.checkpoints / "step00000010").exists() and not run.done_path.exists()
     assert max(r["step"] for r in read_metrics(run.metrics_path)) < 10
