@@ -60,9 +60,11 @@ def val_loss(modality: str) -> Metric:
 
     def settings(record: Record) -> str | None:
         found = record.final("val_loss")
-        provenance = (found or {}).get("provenance", {})
+        if found is None:
+            return None
+        provenance = found.get("provenance", {})
         return _settings(found, dataset=provenance.get("dataset"), split=provenance.get("split"),
-                         targets=(found or {}).get(f"targets_{modality}"))
+                         targets=found.get(f"targets_{modality}"))
     return Metric(read, settings)
 
 
@@ -82,9 +84,11 @@ def _image_settings(record: Record) -> str | None:
     name, not the machine-specific cache directory it lives in) and one way of sampling; the
     sampling seed is a draw, not a setting."""
     found = record.final("image")
-    sampling = {k: v for k, v in ((found or {}).get("sampling") or {}).items() if k != "seed"}
-    return _settings(found, **{k: (found or {}).get(k) for k in ("metric", "extractor", "samples", "dataset")},
-                     sampling=sampling, reference=Path(str((found or {}).get("reference"))).name)
+    if found is None:
+        return None
+    sampling = {k: v for k, v in (found.get("sampling") or {}).items() if k != "seed"}
+    return _settings(found, **{k: found.get(k) for k in ("metric", "extractor", "samples", "dataset")},
+                     sampling=sampling, reference=Path(str(found.get("reference"))).name)
 
 
 def _image_value(record: Record) -> float | None:
