@@ -158,6 +158,7 @@ def build_synthetic(config: DataConfig, root: Path) -> None:
         "image_tokenizer": {
             "directory": "image_tokenizer", "architecture": "MoVQ (diffusers VQModel, norm_type=spatial)",
             "weights": image_tokenizer.weights, "sha256": image_tokenizer.fingerprint(),
+            "encoding": image_tokenizer.encoding,
             "codebook_size": config.codebook_size, "image_size": config.image_size,
             "tokens_per_image": image_tokenizer.tokens_per_image(config.image_size),
         },

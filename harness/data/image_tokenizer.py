@@ -3,17 +3,21 @@
 Paper scale loads the released weights (67M/102M/270M) with `ImageTokenizer.from_sber_checkpoint`;
 smoke and micro scales build the same architecture, narrower, with seeded random weights. Such a
 tokenizer is labelled "random weights" everywhere it is recorded: its codes are a deterministic
-function of the image but not a good one. Both run the same encode/decode code below.
+function of the image but not a good one. Both run the same decode code below.
 
 Encoding follows the original MoVQGAN: encoder -> quant_conv -> nearest codebook entry by the
-squared distance |z|^2 + |e|^2 - 2 z.e in fp32 (TF32 off), ids flattened in (batch, row, column)
-order. Decoding looks the ids up, reshapes (B, h, w, C) -> (B, C, h, w) and runs
+squared distance |z|^2 + |e|^2 - 2 z.e, ids flattened in (batch, row, column) order. Released
+weights encode in fp32 (TF32 off), as the original does; a tokenizer the harness builds encodes
+portably (harness/data/portable.py), because the datasets made with it are versioned and rebuilt
+on any CPU. Decoding looks the ids up, reshapes (B, h, w, C) -> (B, C, h, w) and runs
 `decoder(post_quant_conv(q), q)`: every decoder norm is a SpatialNorm conditioned on q itself.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 from diffusers import VQModel
 
-from harness.data import movq_convert
+from harness.data import movq_convert, portable
 from harness.errors import HarnessError
 
 DOWNSAMPLING = 8  # 3 down blocks: 256x256 -> 32x32 codes
@@ -101,21 +105,34 @@ def nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor
     return torch.stack(ids)
 
 
+ENCODING_FILE = "encoding.json"
+FP32 = "fp32 (TF32 off), as the original MoVQGAN"
+PORTABLE_BATCH = 8  # ATen's float64 im2col convolution: 1.6x faster than at 128 on a 2-core CPU
+
+
 class ImageTokenizer:
-    def __init__(self, model: VQModel, weights: str) -> None:
+    def __init__(self, model: VQModel, weights: str, encoding: str = FP32) -> None:
         if model.config.get("lookup_from_codebook"):  # decode() hands VQModel latents, not ids
             raise HarnessError("image tokenizer: VQModel(lookup_from_codebook=True) is not supported")
+        if encoding not in (FP32, portable.DESCRIPTION):
+            raise HarnessError(f"image tokenizer: unknown encoding {encoding!r}")
         self.model = model.eval()
         self.weights = weights
+        self.encoding = encoding
+        self._encoder64: torch.nn.Module | None = None  # the float64 encoder of the portable path
 
     # ---- construction ----
 
     @classmethod
     def random(cls, config: dict[str, Any], seed: int, device: str | torch.device | None = None) -> "ImageTokenizer":
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with torch.random.fork_rng():  # VQModel's own init draws from torch's RNG; leave the caller's be
             model = VQModel(**config)
-        tokenizer = cls(model, weights=f"random (seed {seed}; smoke only, not SBER-MoVQGAN weights)")
+        portable.init_weights(model, seed)
+        codebook = model.quantize.embedding.weight
+        with torch.no_grad():
+            codebook.copy_(torch.from_numpy(portable.from_grid(portable.to_grid(codebook, "codebook"))))
+        tokenizer = cls(model, weights=f"random (seed {seed}; smoke only, not SBER-MoVQGAN weights)",
+                        encoding=portable.DESCRIPTION)
         return tokenizer.to(device) if device is not None else tokenizer
 
     @classmethod
@@ -144,15 +161,20 @@ class ImageTokenizer:
 
     @classmethod
     def load(cls, directory: Path, weights: str, device: str | torch.device | None = None) -> "ImageTokenizer":
-        """Load a saved tokenizer (diffusers layout: config.json + safetensors) from a local directory."""
-        tokenizer = cls(VQModel.from_pretrained(str(directory), local_files_only=True), weights)
+        """Load a saved tokenizer (diffusers layout: config.json + safetensors, and the encoding it
+        was saved with) from a local directory."""
+        encoding_file = Path(directory) / ENCODING_FILE
+        encoding = json.loads(encoding_file.read_text())["encoding"] if encoding_file.exists() else FP32
+        tokenizer = cls(VQModel.from_pretrained(str(directory), local_files_only=True), weights, encoding)
         return tokenizer.to(device) if device is not None else tokenizer
 
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(str(directory))
+        (Path(directory) / ENCODING_FILE).write_text(json.dumps({"encoding": self.encoding}) + "\n")
 
     def to(self, device: str | torch.device) -> "ImageTokenizer":
         self.model.to(device)
+        self._encoder64 = None
         return self
 
     # ---- facts ----
@@ -186,19 +208,14 @@ class ImageTokenizer:
         """Replace the codebook by k-means centres (k-means++ seeding, Lloyd steps) of these
         images' encoder latents. A random codebook barely meets the latents of a random encoder
         (a few dozen codes in use, colours indistinct); fitted, the codes of a random-weight
-        tokenizer tell colours and shapes apart, so smoke-scale image losses mean something."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        with exact_fp32():
-            latents = self.model.encode(x.to(self.device)).latents.float()
-        points = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).cpu()
-        generator = torch.Generator().manual_seed(seed)
-        centres = _kmeans_pp(points, self.codebook_size, generator)
-        for _ in range(iterations):
-            nearest = torch.cdist(points, centres).argmin(1)
-            for k in nearest.unique():
-                centres[k] = points[nearest == k].mean(0)
-        self.codebook.copy_(centres.to(self.codebook))
-        self.weights += f"; codebook fitted to the data's latents (k-means, seed {seed})"
+        tokenizer tell colours and shapes apart, so smoke-scale image losses mean something.
+        Portable tokenizers only: the fit is exact integer arithmetic on the latent grid."""
+        if self.encoding != portable.DESCRIPTION:
+            raise HarnessError("image tokenizer: fit_codebook needs the portable encoding")
+        points = self._grid_latents(_to_unit_range(pixels)).reshape(-1, self.codebook.shape[1])
+        centres = portable.kmeans(points, self.codebook_size, seed, iterations)
+        self.codebook.copy_(torch.from_numpy(portable.from_grid(centres)).to(self.codebook))
+        self.weights += f"; codebook fitted to the data's latents (exact k-means, seed {seed})"
 
     # ---- encode ----
 
@@ -209,17 +226,30 @@ class ImageTokenizer:
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % DOWNSAMPLING or x.shape[3] % DOWNSAMPLING:
             raise HarnessError(f"image tokenizer: expected [B, 3, H, W] with H, W multiples of "
                                f"{DOWNSAMPLING}, got {list(x.shape)}")
+        if self.encoding == portable.DESCRIPTION:
+            points = self._grid_latents(x)
+            codes = portable.on_grid(self.codebook, "the codebook")
+            ids = portable.nearest(points.reshape(-1, points.shape[-1]), codes)
+            return torch.from_numpy(ids.reshape(points.shape[:2])).to(self.device)
         x = x.to(self.device, torch.float32)
         with exact_fp32(), torch.autocast(self.device.type, enabled=False):  # a caller's bf16 autocast too
             latents = self.model.encode(x).latents
             return nearest_codes(latents, self.codebook)
 
+    def _grid_latents(self, x: torch.Tensor) -> np.ndarray:
+        """The portable path: float64 encoder, latents as int64 [B, h*w, C] on the grid."""
+        if self._encoder64 is None:
+            self._encoder64 = copy.deepcopy(torch.nn.Sequential(self.model.encoder, self.model.quant_conv)).double()
+        x = x.to(self.device, torch.float64)
+        with torch.autocast(self.device.type, enabled=False):  # float64 convolutions run fastest in small batches
+            latents = torch.cat([self._encoder64(chunk) for chunk in x.split(PORTABLE_BATCH)])
+        return portable.to_grid(latents.permute(0, 2, 3, 1).flatten(1, 2), "a latent")
+
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, 3] -> code ids [B, (H/8) * (W/8)] (int64, CPU) in row-major order."""
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise HarnessError(f"image tokenizer: expected uint8 [B, H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return self.encode_tensor(x).cpu().numpy()
+        return self.encode_tensor(_to_unit_range(pixels)).cpu().numpy()
 
     # ---- decode ----
 
@@ -251,17 +281,9 @@ class ImageTokenizer:
         return image.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _kmeans_pp(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding: each next centre drawn with probability proportional to its squared
-    distance from the nearest centre so far."""
-    centres = [points[torch.randint(len(points), (1,), generator=generator)].squeeze(0)]
-    distance = (points - centres[0]).pow(2).sum(1)
-    for _ in range(k - 1):
-        weights = distance if distance.sum() > 0 else torch.ones_like(distance)
-        chosen = points[torch.multinomial(weights, 1, generator=generator)].squeeze(0)
-        centres.append(chosen)
-        distance = torch.minimum(distance, (points - chosen).pow(2).sum(1))
-    return torch.stack(centres)
+def _to_unit_range(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _grid(count: int, height: int | None) -> tuple[int, int]:

@@ -260,6 +260,7 @@ def _write_manifest(out: Path, tasks: list[ShardTask], reports: list[dict], toke
         "image_tokenizer": {
             "directory": "image_tokenizer", "architecture": "MoVQ (diffusers VQModel, norm_type=spatial)",
             "weights": tokenizers.image.weights, "sha256": tokenizers.image.fingerprint(),
+            "encoding": tokenizers.image.encoding,
             "codebook_size": data.codebook_size, "image_size": data.image_size,
             "tokens_per_image": tokenizers.image.tokens_per_image(data.image_size),
         },
