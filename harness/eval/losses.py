@@ -42,27 +42,41 @@ def batches(dataset: Dataset, corpus: str, seq_len: int, batch_size: int, rank: 
 
 @torch.no_grad()
 def held_out_losses(model: torch.nn.Module, dataset: Dataset, corpus: str, seq_len: int, batch_size: int,
-                    limit: int = 0) -> dict[str, float | int | None]:
-    """Token-weighted held-out losses; all ranks of an initialised process group take part."""
+                    limit: int = 0) -> dict:
+    """Token-weighted held-out losses, and each sample's own (`per_sample`, in stored order: two
+    models scored on the same data can be compared sample by sample); all ranks of an initialised
+    process group take part."""
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     layout = dataset.layout(corpus)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    sums = LossSums.zero()
+    # rows [text_sum, text_count, image_sum, image_count] per sample; a rank fills only its own rows
+    per_sample = torch.zeros(len(val_positions(dataset, corpus, limit)), 4, dtype=torch.float64)
+    index = rank
     for tokens in batches(dataset, corpus, seq_len, batch_size, rank, world, limit):
         tokens = tokens.to(device)
         targets = tokens[:, 1:]
-        sums += split_sums(token_losses(model(tokens[:, :-1]), targets).cpu(), targets.cpu(), layout)
+        losses = token_losses(model(tokens[:, :-1]), targets).cpu()
+        for row in range(len(tokens)):
+            per_sample[index] = split_sums(losses[row], targets[row].cpu(), layout).values
+            index += world
     model.train(was_training)
-    values = sums.values.to(device)
+    per_sample = per_sample.to(device)
     if distributed:
-        dist.all_reduce(values)
-    reduced = LossSums(values.cpu())
+        dist.all_reduce(per_sample)
+    per_sample = per_sample.cpu()
+    reduced = LossSums(per_sample.sum(0))
     summary = reduced.summary()
     return {**summary, "ppl_text": _exp(summary["loss_text"]), "ppl_image": _exp(summary["loss_image"]),
-            "targets_text": int(reduced.values[1]), "targets_image": int(reduced.values[3])}
+            "targets_text": int(reduced.values[1]), "targets_image": int(reduced.values[3]),
+            "per_sample": {"loss_text": _means(per_sample[:, 0], per_sample[:, 1]),
+                           "loss_image": _means(per_sample[:, 2], per_sample[:, 3])}}
+
+
+def _means(sums: torch.Tensor, counts: torch.Tensor) -> list[float | None]:
+    return [s / n if n else None for s, n in zip(sums.tolist(), counts.tolist())]
 
 
 def write_val_loss(run_path: Path, step: int, losses: dict, data_hash: str) -> Path:

@@ -52,15 +52,20 @@ def test_held_out_losses_match_a_direct_computation(micro_dataset):
     model = OpenLM(Architecture.from_config(config.model, layout.size)).eval()
     ours = held_out_losses(model, micro_dataset, "captions", config.data.seq_len, batch_size=5)
     reader = micro_dataset.reader("captions", "val")
-    text, image = [], []
+    text, image, sample_image = [], [], []
     for shard, offset in val_positions(micro_dataset, "captions"):
         tokens = sequence(reader.sample(shard, offset), layout, config.data.seq_len)
         with torch.no_grad():
             losses = F.cross_entropy(model(tokens[None, :-1])[0], tokens[1:], reduction="none")
+        mine = []
         for target, loss in zip(tokens[1:].tolist(), losses.tolist()):
             if target == layout.pad:
                 continue
-            (image if layout.image_offset <= target <= layout.eoi and target != layout.boi else text).append(loss)
+            (mine if layout.image_offset <= target <= layout.eoi and target != layout.boi else text).append(loss)
+        image += mine
+        sample_image.append(sum(mine) / len(mine))
+    assert ours["per_sample"]["loss_image"] == pytest.approx(sample_image, rel=1e-5)  # same order, each its own
+    assert len(ours["per_sample"]["loss_text"]) == len(sample_image)
     assert ours["loss_text"] == pytest.approx(sum(text) / len(text), rel=1e-5)
     assert ours["loss_image"] == pytest.approx(sum(image) / len(image), rel=1e-5)
     assert ours["targets_text"] == len(text) and ours["targets_image"] == len(image)
