@@ -9,7 +9,7 @@
     harness export RUN [--step N] [--output DIR]         one fp32 model file from a checkpoint
     harness data build KEY=VALUE ...                     build (once) the synthetic dataset selected
     harness data raw KEY=VALUE ...                       make raw image-caption shards (download/shapes)
-    harness collect [--runs-root DIR] [--output FILE]    RESULTS.md from run directories
+    harness collect [--runs-root DIR] [--output FILE] [--force]   RESULTS.md from run directories
     harness reproduce [--seeds N] KEY=VALUE ...          every experiment, its evaluations, collect
     harness estimate KEY=VALUE ...                       tokens/s per GPU, MFU, wall time, GPU-hours
     harness worker RUN_DIR                               (internal) one rank of a run's job
@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     collect = commands.add_parser("collect", help="render RESULTS.md from run directories")
     collect.add_argument("--runs-root", type=Path, default=None)
     collect.add_argument("--output", type=Path, default=Path("RESULTS.md"))
+    collect.add_argument("--force", action="store_true", help="write a report even from a runs root with no runs")
     collect.set_defaults(handler=_collect)
 
     reproduce = commands.add_parser("reproduce", help="every experiment in dependency order, seeds per "
@@ -166,7 +167,7 @@ def _collect(args: argparse.Namespace) -> int:
     runs_root = _runs_root(args.runs_root)
     if not args.output.parent.is_dir():
         raise HarnessError(f"--output {args.output}: directory {args.output.parent} does not exist")
-    render(runs_root, args.output)
+    render(runs_root, args.output, force=args.force)
     print(f"wrote {args.output} from {len(find_runs(runs_root))} run(s) under {runs_root}")
     return 0
 

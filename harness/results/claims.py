@@ -1,4 +1,5 @@
-"""The paper's claims (claims.yaml) against the collected arms: evidence and a verdict per scale."""
+"""The paper's claims (claims.yaml) against the collected arms: evidence and a verdict per scale
+(rule v2: fixed margins, Welch tests, holds / does not hold / inconclusive)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from harness.results import metrics
+from harness.results import metrics, stats
 from harness.results.records import Arm, Collection, mean_std
 
 CLAIMS_FILE = Path(__file__).parent / "claims.yaml"
-HOLDS, DOES_NOT_HOLD, NOT_RUN = "holds", "does not hold", "not run at this scale"
+HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, NOT_RUN = "holds", "does not hold", "inconclusive", "not run at this scale"
 NOT_COMPARABLE = "not comparable"
 SMALLEST = "[smallest]"
+# test -> (alternative and bound sign of the test that makes it hold; of the test that makes it not)
+ONE_SIDED = {
+    "lower": ((stats.LESS, -1), (stats.GREATER, -1)),
+    "not_lower": ((stats.GREATER, -1), (stats.LESS, -1)),
+    "not_higher": ((stats.LESS, +1), (stats.GREATER, +1)),
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,22 @@ class Side:
     mean: float | None
     std: float | None
     runs: list[tuple[str, str]]   # (run name, link)
+    values: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One arm against the reference: the evidence and the outcome of the registered test."""
+    a: str
+    b: str
+    difference: float
+    interval: tuple[float, float]  # 90%
+    margin: float
+    p_holds: float                 # the test that makes the claim hold (TOST: the larger p)
+    p_against: float               # the test that makes it not hold
+    outcome: str
+    seeds: int | None = None       # per arm, for a decision at the registered power (inconclusive only)
+    paired: str | None = None      # supporting per-sample evidence, never the verdict
 
 
 @dataclass(frozen=True)
@@ -33,7 +57,8 @@ class Verdict:
     scale: str
     verdict: str
     sides: list[Side]             # every arm in a, then b
-    rule: str                     # the comparison as evaluated, with its numbers
+    rule: str                     # why, in words (the reason where there are no comparisons)
+    comparisons: tuple[Comparison, ...] = ()
 
 
 def load_claims(path: Path = CLAIMS_FILE) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -60,39 +85,89 @@ def evaluate(collection: Collection, claim: dict[str, Any], scale: str) -> Verdi
         unaveraged = [dataclasses.replace(side, mean=None, std=None) for side in sides]
         return Verdict(claim, scale, NOT_COMPARABLE, unaveraged, f"{claim['metric']} measured under different "
                        f"settings: {mixed}")
-    b = sides[-1]
     if claim["test"] == "forgotten":  # one arm after, one before
         chance = mean_std(arms[0].values(metrics.named(claim["metric"].replace("task:", "chance:"))))[0]
         return _forgotten(claim, scale, sides, chance or 0.0)
-    results = [_compare(claim, a, b) for a in sides[:-1]]
-    verdict = HOLDS if all(ok for ok, _ in results) else DOES_NOT_HOLD
-    return Verdict(claim, scale, verdict, sides, "; ".join(rule for _, rule in results))
+    b = sides[-1]
+    margin = _margin(claim, b.mean)
+    comparisons = tuple(_compare(claim, a, b, margin, _paired(claim, arm, arms[-1]))
+                        for a, arm in zip(sides[:-1], arms[:-1]))
+    outcomes = {c.outcome for c in comparisons}
+    verdict = DOES_NOT_HOLD if DOES_NOT_HOLD in outcomes else HOLDS if outcomes == {HOLDS} else INCONCLUSIVE
+    return Verdict(claim, scale, verdict, sides, _margin_words(claim), comparisons)
 
 
-def _compare(claim: dict[str, Any], a: Side, b: Side) -> tuple[bool, str]:
-    margin = max(claim["k"] * math.sqrt((a.std ** 2 + b.std ** 2) / 2), claim["rel_tol"] * abs(b.mean))
+def _margin(claim: dict[str, Any], reference: float) -> float:
+    spec = claim["margin"]
+    return spec["relative"] * abs(reference) if "relative" in spec else float(spec["absolute"])
+
+
+def _margin_words(claim: dict[str, Any]) -> str:
+    spec = claim["margin"]
+    return f"margin {spec['relative']:.0%} of the reference" if "relative" in spec else f"margin {spec['absolute']:g}"
+
+
+def _compare(claim: dict[str, Any], a: Side, b: Side, margin: float, paired: str | None) -> Comparison:
+    alpha, test = claim["alpha"], claim["test"]
     difference = a.mean - b.mean
-    test = claim["test"]
-    ok = {"equivalent": abs(difference) <= margin, "lower": difference < -margin,
-          "not_lower": difference >= -margin, "not_higher": difference <= margin}[test]
-    symbol = {"equivalent": "|Δ| <= margin", "lower": "Δ < -margin", "not_lower": "Δ >= -margin",
-              "not_higher": "Δ <= margin"}[test]
-    # Evidence beside the rule, not part of it (the rule was fixed before any run); a rough interval:
-    # with 3 seeds, ±2 standard errors covers less than 95%.
-    spread = 2 * math.sqrt(a.std ** 2 / len(a.runs) + b.std ** 2 / len(b.runs))
-    return ok, (f"{a.arm} - {b.arm}: Δ = {difference:+.4g} (±{spread:.2g}, 2 standard errors), margin {margin:.3g} "
-                f"({symbol}: {'yes' if ok else 'no'})")
+    if test == "equivalent":
+        p_holds = max(stats.p_value(a.values, b.values, -margin, stats.GREATER),
+                      stats.p_value(a.values, b.values, margin, stats.LESS))
+        p_against = min(stats.p_value(a.values, b.values, margin, stats.GREATER),
+                        stats.p_value(a.values, b.values, -margin, stats.LESS))
+        bound = math.copysign(margin, difference)  # the nearer bound decides either way
+    else:
+        (holds, sign), (against, _) = ONE_SIDED[test]
+        bound = sign * margin
+        p_holds = stats.p_value(a.values, b.values, bound, holds)
+        p_against = stats.p_value(a.values, b.values, bound, against)
+    outcome = HOLDS if p_holds < alpha else DOES_NOT_HOLD if p_against < alpha else INCONCLUSIVE
+    seeds = stats.seeds_needed(a.values, b.values, bound, alpha, claim["power"]) if outcome == INCONCLUSIVE else None
+    return Comparison(a.arm, b.arm, difference, stats.interval(a.values, b.values), margin, p_holds, p_against,
+                      outcome, seeds, paired)
+
+
+def _paired(claim: dict[str, Any], a: Arm | None, b: Arm | None) -> str | None:
+    """Mean over held-out samples of (a's seed-mean loss - b's), where both arms scored the same
+    samples: supporting evidence, far tighter than seeds, but blind to seed-to-seed variation."""
+    read = metrics.per_sample_losses(claim["metric"])
+    found = [[v for v in map(read, arm.runs) if v is not None] for arm in (a, b)] if a and b else []
+    if not found or not all(found) or len({len(v) for side in found for v in side}) != 1:
+        return None
+    means = [np.array([[np.nan if x is None else x for x in run] for run in side]).mean(0) for side in found]
+    differences = (means[0] - means[1])[~np.isnan(means[0] - means[1])]
+    if len(differences) < 2:
+        return None
+    mean, low, high = stats.paired(differences)
+    return f"paired over {len(differences)} held-out samples: {mean:+.4g} [{low:+.3g}, {high:+.3g}]"
 
 
 def _forgotten(claim: dict[str, Any], scale: str, sides: list[Side], chance: float) -> Verdict:
-    """Knew it (above the line) before, is at or below the line after, and fell by at least the
-    line's height above chance: a slide from just above the line to just below it is no forgetting."""
-    (after, before), margin = sides, claim["above_chance"]
+    """Knew it (above the line) before, is at or below the line after, and a drop of at least the
+    line's height above chance is shown: a slide from just above the line to just below it is no
+    forgetting. Shown above the line after: not forgotten."""
+    (after, before), margin, alpha = sides, claim["above_chance"], claim["alpha"]
     line = chance + margin
-    knew, lost, fell = before.mean >= line, after.mean <= line, before.mean - after.mean >= margin
-    rule = (f"chance {chance:.3f}, line {line:.3f}: before {before.mean:.3f} ({'above' if knew else 'not above'}), "
-            f"after {after.mean:.3f} ({'at or below' if lost else 'above'}), drop {before.mean - after.mean:+.3f}")
-    return Verdict(claim, scale, HOLDS if knew and lost and fell else DOES_NOT_HOLD, sides, rule)
+    difference = after.mean - before.mean
+    p_drop = stats.p_value(after.values, before.values, -margin, stats.LESS)
+    p_kept = stats.one_sample_p(after.values, line, stats.GREATER)
+    knew = before.mean >= line
+    if not knew:
+        outcome = INCONCLUSIVE
+    elif after.mean <= line and p_drop < alpha:
+        outcome = HOLDS
+    elif p_kept < alpha:
+        outcome = DOES_NOT_HOLD
+    else:
+        outcome = INCONCLUSIVE
+    seeds = (stats.seeds_needed(after.values, before.values, -margin, alpha, claim["power"])
+             if outcome == INCONCLUSIVE and knew else None)
+    comparison = Comparison(after.arm, before.arm, difference, stats.interval(after.values, before.values),
+                            margin, p_drop, p_kept, outcome, seeds)
+    rule = (f"chance {chance:.3f}, line {line:.3f}: before {before.mean:.3f}"
+            f"{'' if knew else ' (never above the line: nothing to forget)'}, after {after.mean:.3f}; "
+            f"p (drop > {margin:g}) {p_drop:.3g}, p (after above the line) {p_kept:.3g}")
+    return Verdict(claim, scale, outcome, sides, rule, (comparison,))
 
 
 def _arm(collection: Collection, scale: str, name: str) -> Arm | None:
@@ -107,5 +182,6 @@ def _arm(collection: Collection, scale: str, name: str) -> Arm | None:
 def _side(arm: Arm | None, name: str, metric: metrics.Metric) -> Side:
     if arm is None:
         return Side(name, None, None, [])
-    mean, std = mean_std(arm.values(metric))
-    return Side(arm.name, mean, std, [(r.name, r.link) for r in arm.runs if metric(r) is not None])
+    values = arm.values(metric)
+    mean, std = mean_std(values)
+    return Side(arm.name, mean, std, [(r.name, r.link) for r in arm.runs if metric(r) is not None], tuple(values))

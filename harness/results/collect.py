@@ -14,9 +14,10 @@ from typing import Any
 
 import jinja2
 
+from harness.errors import HarnessError
 from harness.results import arms, figures, metrics
 from harness.results.claims import Verdict, evaluate_all
-from harness.results.records import Arm, Collection, Record, collect, mean_std, read_record
+from harness.results.records import Arm, Collection, Record, collect, mean_std, read_records
 from harness.rundir import find_runs
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -35,7 +36,7 @@ class Report:
 
 
 def build(runs_root: Path, link_base: Path) -> Report:
-    records = [read_record(run, link_base) for run in find_runs(runs_root)]
+    records, unreadable = read_records(runs_root, link_base)
     collection = collect(records)
     verdicts = evaluate_all(collection)
     sections, pictures = [], {}
@@ -46,17 +47,27 @@ def build(runs_root: Path, link_base: Path) -> Report:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda v, digits=4: "-" if v is None else f"{v:.{digits}f}"
+    env.filters["sig"] = lambda v: "-" if v is None else f"{v:+.3g}" if abs(v) != float("inf") else f"{v}"
+    env.filters["g3"] = lambda v: f"{v:.3g}"
+    env.filters["p"] = lambda v: "-" if v is None or v != v else f"{v:.3g}"
     env.filters["count"] = lambda v: "-" if v is None else f"{int(v):,}"
     env.filters["links"] = lambda runs: " ".join(f"[{name.split('/')[-1][:6]}]({link})" for name, link in runs) or "-"
     text = env.get_template("RESULTS.md.j2").render(
-        sections=sections, apart=collection.apart,
+        sections=sections, apart=collection.apart, unreadable=unreadable,
         evaluations=len(collection.evaluations), figures_dir=FIGURES)
     return Report(text, pictures)
 
 
-def render(runs_root: Path, output: Path, link_base: Path | None = None) -> str:
+def render(runs_root: Path, output: Path, link_base: Path | None = None, force: bool = False) -> str:
     """Write RESULTS.md (links relative to `link_base`, default its directory) and its figures;
-    figures of an earlier collect that this one does not draw (a scale gone) are removed."""
+    figures of an earlier collect that this one does not draw (a scale gone) are removed. A runs
+    root that does not exist, or one with no runs where a report already stands, writes nothing
+    (unless forced): a typo must not replace the committed results with an empty report."""
+    if not runs_root.is_dir():
+        raise HarnessError(f"runs root {runs_root} does not exist (--runs-root or paths.runs_root)")
+    if not find_runs(runs_root) and output.exists() and not force:
+        raise HarnessError(f"no runs under {runs_root}; {output} and its figures are left as they are "
+                           "(--force to write an empty report)")
     report = build(runs_root, link_base or output.parent)
     directory = output.parent / FIGURES
     for stale in (p for pattern in figures.PATTERNS for p in directory.glob(pattern)):

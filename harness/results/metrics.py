@@ -68,6 +68,17 @@ def val_loss(modality: str) -> Metric:
     return Metric(read, settings)
 
 
+def per_sample_losses(name: str) -> Callable[[Record], "list[float | None] | None"]:
+    """Each held-out sample's own loss (stored order) behind a val_loss metric; None for any other
+    metric or an evaluation written before per-sample losses were kept."""
+    modality = name.rsplit("_", 1)[1] if name in ("val_loss_image", "val_loss_text") else None
+
+    def read(record: Record) -> list[float | None] | None:
+        found = record.final("val_loss") if modality else None
+        return None if found is None else found.get("per_sample", {}).get(f"loss_{modality}")
+    return read
+
+
 def train_loss_at(modality: str, fraction: float) -> Metric:
     """The first logged training loss at or past `fraction` of the run's tokens."""
     def read(record: Record) -> float | None:

@@ -20,8 +20,8 @@ from typing import Any, Callable
 import yaml
 
 from harness.config.identity import LAUNCH_ONLY_SECTIONS
-from harness.rundir import RunDir, RunState
-from harness.train.metrics import read_metrics, without_timing
+from harness.rundir import RunDir, RunState, find_runs
+from harness.train.metrics import read_metrics_strict, without_timing
 
 # libyaml's loader where present: a thousand run configs parse in a fraction of the pure-Python time.
 _YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -111,20 +111,53 @@ class Record:
         return None
 
 
-def read_record(run: RunDir, relative_to: Path) -> Record:
-    evals, problems = {}, []
-    for path in sorted((run.path / "eval").glob("*@*.json")):
+class Unreadable(Exception):
+    """A run whose config.yaml cannot be read: it cannot be placed in an arm at all."""
+
+
+def read_records(runs_root: Path, relative_to: Path) -> tuple[list[Record], list[tuple[str, str]]]:
+    """Every run under the root, and (link, why) for each whose config cannot be read."""
+    records, unreadable = [], []
+    for run in find_runs(runs_root):
         try:
-            evals[path.stem] = json.loads(path.read_text())
-        except json.JSONDecodeError:  # cut by a kill mid-write: never guess at its numbers
-            problems.append(f"unreadable eval/{path.name}")
-    model_json = run.path / "model.json"
-    provenance = run.provenance()
-    return Record(
-        run=run, config=yaml.load(run.config_path.read_text(), Loader=_YAML), state=_state(run, provenance),
-        provenance=provenance, metrics=without_timing(read_metrics(run.metrics_path)), evals=evals,
-        model=json.loads(model_json.read_text()) if model_json.exists() else {},
-        link=_relative(run.path, relative_to), problems=tuple(problems))
+            records.append(read_record(run, relative_to))
+        except Unreadable as exc:
+            unreadable.append((_relative(run.path, relative_to), str(exc)))
+    return records, unreadable
+
+
+def read_record(run: RunDir, relative_to: Path) -> Record:
+    """The run as its files say; a file that cannot be read is named in `problems` (the run is then
+    listed apart, never averaged in with part of its numbers)."""
+    problems = []
+    try:
+        config = yaml.load(run.config_path.read_text(), Loader=_YAML)
+        if not isinstance(config, dict) or not {"experiment", "scale", "job"} <= config.keys():
+            raise ValueError("not a run config")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
+        raise Unreadable(f"unreadable config.yaml ({type(exc).__name__})") from None
+    provenance = _json_file(run.provenance_path, problems) or {}
+    evals = {path.stem: found for path in sorted((run.path / "eval").glob("*@*.json"))
+             if (found := _json_file(path, problems)) is not None}
+    metrics, cut = read_metrics_strict(run.metrics_path)
+    if cut:
+        problems.append(f"metrics.jsonl line {cut} unreadable (cut off?)")
+    return Record(run=run, config=config, state=_state(run, provenance), provenance=provenance,
+                  metrics=without_timing(metrics), evals=evals,
+                  model=_json_file(run.path / "model.json", problems) or {},
+                  link=_relative(run.path, relative_to), problems=tuple(problems))
+
+
+def _json_file(path: Path, problems: list[str]) -> Any:
+    """The file's JSON, None where it is absent; where unreadable, None and the problem noted:
+    a file cut by a kill mid-write is never guessed at."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        problems.append(f"unreadable {path.parent.name + '/' if path.parent.name == 'eval' else ''}{path.name}")
+        return None
 
 
 def _state(run: RunDir, provenance: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results.claims import DOES_NOT_HOLD, HOLDS, NOT_COMPARABLE, NOT_RUN, evaluate_all
+from harness.results.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, NOT_RUN, evaluate_all
 from harness.results.records import collect, read_record
 from harness.rundir import find_runs
 from tests.results.runs import write_run
@@ -19,8 +19,8 @@ def verdicts(root: Path, scale: str = "smoke") -> dict[str, str]:
 
 def test_equal_losses_hold_and_a_clear_gap_does_not(tmp_path):
     for seed, (random, pre) in enumerate([(6.00, 6.01), (6.02, 5.99), (5.98, 6.03)]):
-        write_run(tmp_path / "same", "random_init", seed, loss_image=random, fd=30 + seed)
-        write_run(tmp_path / "same", "pretrained", seed, loss_image=pre, fd=30.5 + seed)
+        write_run(tmp_path / "same", "random_init", seed, loss_image=random, fd=30 + 0.1 * seed)
+        write_run(tmp_path / "same", "pretrained", seed, loss_image=pre, fd=30.05 + 0.1 * seed)
         write_run(tmp_path / "gap", "random_init", seed, loss_image=random)
         write_run(tmp_path / "gap", "pretrained", seed, loss_image=pre - 1.0)
     assert verdicts(tmp_path / "same")["image_loss_same"] == HOLDS
@@ -52,12 +52,19 @@ def test_one_seed_per_arm_is_not_enough(tmp_path):
 
 
 @pytest.mark.parametrize("before, after, verdict", [(0.9, 0.3, HOLDS), (0.9, 0.8, DOES_NOT_HOLD),
-                                                    (0.36, 0.34, DOES_NOT_HOLD),  # no real drop
-                                                    (0.3, 0.25, DOES_NOT_HOLD)])  # never knew it
+                                                    (0.36, 0.34, INCONCLUSIVE),  # no drop shown
+                                                    (0.3, 0.25, INCONCLUSIVE)])  # never knew it
 def test_forgetting_needs_knowledge_before_a_drop_and_chance_after(tmp_path, before, after, verdict):
     write_run(tmp_path, "pretrain_text", 0, language={0: before})
-    write_run(tmp_path, "pretrained", 0, language={0: after})
+    for seed in range(3):
+        write_run(tmp_path, "pretrained", seed, language={0: after + 0.01 * (seed - 1)})
     assert verdicts(tmp_path)["language_forgotten"] == verdict
+
+
+def test_one_run_on_each_side_decides_nothing(tmp_path):
+    write_run(tmp_path, "pretrain_text", 0, language={0: 0.9})
+    write_run(tmp_path, "pretrained", 0, language={0: 0.3})
+    assert verdicts(tmp_path)["language_forgotten"] == INCONCLUSIVE
 
 
 def test_every_frozen_arm_must_not_beat_the_baseline(tmp_path):
@@ -121,3 +128,49 @@ def test_failed_off_variant_and_other_scale_runs_are_never_averaged_in(tmp_path,
     assert verdicts(tmp_path)["image_loss_same"] == HOLDS
     if intruder.get("scale") != "micro":
         assert len(collection.apart) == 1
+
+
+def image_arms(root: Path, pretrained: list[float], random: list[float]) -> Path:
+    for seed, (pre, rand) in enumerate(zip(pretrained, random)):
+        write_run(root, "pretrained", seed, loss_image=pre)
+        write_run(root, "random_init", seed, loss_image=rand)
+    return root
+
+
+def image_verdict(root: Path):
+    records = [read_record(run, root) for run in find_runs(root)]
+    return next(v for v in evaluate_all(collect(records)) if v.claim["id"] == "image_loss_same")
+
+
+def test_tight_arms_one_percent_apart_are_equivalent_within_two_percent(tmp_path):
+    verdict = image_verdict(image_arms(tmp_path, [6.06, 6.061, 6.059], [6.0, 6.001, 5.999]))
+    assert verdict.verdict == HOLDS
+    (c,) = verdict.comparisons
+    assert c.margin == pytest.approx(0.12) and c.interval[0] > -0.12 and c.interval[1] < 0.12
+
+
+def test_the_same_means_with_a_ten_percent_seed_spread_are_inconclusive_with_a_seed_count(tmp_path):
+    verdict = image_verdict(image_arms(tmp_path, [6.06 - 0.6, 6.06, 6.06 + 0.6], [6.0 - 0.6, 6.0, 6.0 + 0.6]))
+    assert verdict.verdict == INCONCLUSIVE
+    (c,) = verdict.comparisons
+    assert c.seeds is not None and c.seeds > 3
+
+
+def test_tight_arms_ten_percent_apart_are_not_equivalent(tmp_path):
+    verdict = image_verdict(image_arms(tmp_path, [6.6, 6.601, 6.599], [6.0, 6.001, 5.999]))
+    assert verdict.verdict == DOES_NOT_HOLD
+
+
+def test_p_values_are_those_of_statsmodels_tost_and_scipys_welch_test(tmp_path):
+    from scipy import stats as scipy_stats
+    from statsmodels.stats.weightstats import ttost_ind
+
+    pre, rand = [6.05, 6.12, 5.98], [6.0, 6.04, 5.93]
+    (c,) = image_verdict(image_arms(tmp_path, pre, rand)).comparisons
+    tost_p, _, _ = ttost_ind(pre, rand, -c.margin, c.margin, usevar="unequal")
+    assert c.p_holds == pytest.approx(tost_p, rel=1e-9)
+    above = scipy_stats.ttest_ind([p - c.margin for p in pre], rand, equal_var=False, alternative="greater").pvalue
+    below = scipy_stats.ttest_ind([p + c.margin for p in pre], rand, equal_var=False, alternative="less").pvalue
+    assert c.p_against == pytest.approx(min(above, below), rel=1e-9)
+    low, high = scipy_stats.ttest_ind(pre, rand, equal_var=False).confidence_interval(0.90)
+    assert c.interval == pytest.approx((low, high))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.results.claims import HOLDS, NOT_COMPARABLE, NOT_RUN
+from harness.results.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, NOT_RUN
 from harness.results.collect import FIGURES, build
 from tests.conftest import REPO, micro_args, run_cli
 
@@ -31,8 +31,8 @@ def test_the_committed_results_have_numbers_in_every_table_and_a_verdict_for_eve
                     "Contrastive alignment", "Language forgetting", "Held-out caption perplexity", "Samples"):
         assert f"### {heading}" in text, heading
     claims = [line for line in text.splitlines() if line.startswith("| **")]
-    assert len(claims) == 9 and all(re.search(r"\*\*(holds|does not hold|not run at this scale|not comparable)\*\* \|$", c)
-                                    for c in claims)
+    outcomes = "holds|does not hold|inconclusive|not run at this scale|not comparable"
+    assert len(claims) == 9 and all(re.search(rf"\*\*({outcomes})\*\* \(.*\) \|$", c) for c in claims)
     assert "(n=3)" in text and "FD (random extractor)" in text
 
 
@@ -81,6 +81,98 @@ def test_an_fd_from_another_sample_count_is_neither_averaged_nor_compared(tmp_pa
     text = build(tmp_path / COMMITTED, link_base=tmp_path).text
     row = next(line for line in text.splitlines() if line.startswith("| pretrained |"))  # the main table
     assert "not averaged: measured under different settings" in row
-    assert re.search(rf"\*\*fid_same\*\*.*samples.*\*\*{NOT_COMPARABLE}\*\* \|$", text, re.MULTILINE)
+    assert re.search(rf"\*\*fid_same\*\*.*\*\*{NOT_COMPARABLE}\*\* \(.*samples.*\) \|$", text, re.MULTILINE)
     assert re.search(r"\*\*fid_same\*\*.*\| pretrained -; random_init - \[fd", text)  # nor averaged there
-    assert re.search(rf"\*\*image_loss_same\*\*.*\*\*{HOLDS}\*\* \|$", text, re.MULTILINE)  # its losses still count
+    assert re.search(rf"\*\*image_loss_same\*\*.*\*\*({HOLDS}|{DOES_NOT_HOLD}|{INCONCLUSIVE})\*\* \(", text)  # still judged
+
+
+def test_a_runs_root_that_does_not_exist_is_exit_2_and_writes_nothing(tmp_path):
+    (tmp_path / "RESULTS.md").write_text("kept\n")
+    result = run_cli("collect", "--runs-root", str(tmp_path / "typo"), "--output", str(tmp_path / "RESULTS.md"))
+    assert result.returncode == 2 and "typo does not exist" in result.stderr
+    assert (tmp_path / "RESULTS.md").read_text() == "kept\n"
+
+
+def test_a_runs_root_with_no_runs_never_replaces_a_report_or_its_figures(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / FIGURES).mkdir()
+    (tmp_path / FIGURES / "loss_curves_smoke.png").write_bytes(b"png")
+    (tmp_path / "RESULTS.md").write_text("kept\n")
+    args = ("collect", "--runs-root", str(tmp_path / "runs"), "--output", str(tmp_path / "RESULTS.md"))
+    result = run_cli(*args)
+    assert result.returncode == 2 and "no runs under" in result.stderr and "--force" in result.stderr
+    assert (tmp_path / "RESULTS.md").read_text() == "kept\n"
+    assert (tmp_path / FIGURES / "loss_curves_smoke.png").read_bytes() == b"png"
+    assert run_cli(*args, "--force").returncode == 0
+    assert "No complete runs yet" in (tmp_path / "RESULTS.md").read_text()
+
+
+def copy_committed(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / COMMITTED, tmp_path / COMMITTED, ignore=shutil.ignore_patterns(".code", "checkpoints"))
+    return tmp_path / COMMITTED
+
+
+def run_of(root: Path, experiment: str, seed: int) -> Path:
+    return next(p for p in (root / experiment).iterdir()
+                if yaml.safe_load((p / "config.yaml").read_text())["seed"] == seed)
+
+
+def test_a_done_run_whose_last_metrics_line_is_cut_off_is_listed_apart_naming_the_file(tmp_path):
+    root = copy_committed(tmp_path)
+    run = run_of(root, "random_init", 1)
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:-20])  # the last line cut mid-write
+    text = build(root, link_base=tmp_path).text
+    apart = text[text.index("## Listed apart"):]
+    assert re.search(rf"\[{run.parent.name}/{run.name}\].*metrics.jsonl line \d+ unreadable", apart)
+    main = next(line for line in text.splitlines() if line.startswith("| random_init |"))
+    assert "(n=2)" in main and run.name[:6] not in main
+
+
+def test_unreadable_provenance_or_config_is_listed_apart_not_a_traceback(tmp_path):
+    root = copy_committed(tmp_path)
+    bad_provenance, bad_config = run_of(root, "pretrained", 0), run_of(root, "pretrained", 1)
+    bad_provenance.joinpath("provenance.json").write_text('{"git": ')
+    bad_config.joinpath("config.yaml").write_text("experiment: [unclosed\n")
+    result = run_cli("collect", "--runs-root", str(root), "--output", str(tmp_path / "RESULTS.md"))
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert re.search(rf"\[{bad_provenance.parent.name}/{bad_provenance.name}\].*unreadable provenance.json", text)
+    assert re.search(rf"{bad_config.name}.*unreadable config.yaml", text)
+    main = next(line for line in text.splitlines() if line.startswith("| pretrained |"))
+    assert "(n=1)" in main
+
+
+def test_inflating_an_arms_seed_spread_never_turns_a_verdict_into_holds(tmp_path):
+    """Each training arm's held-out losses spread 5x around their mean (means unchanged): a verdict
+    may fall to inconclusive, never rise to holds."""
+    from harness.results.claims import evaluate_all
+    from harness.results.records import collect, read_records
+
+    def verdicts(root: Path) -> dict[str, str]:
+        return {v.claim["id"]: v.verdict for v in evaluate_all(collect(read_records(root, tmp_path)[0]))}
+
+    root = copy_committed(tmp_path)
+    before = verdicts(root)
+    for arm in root.iterdir():
+        files = sorted(arm.glob("*/eval/val_loss@*.json"))
+        finals = {}
+        for path in files:  # the final held-out file of each run
+            step = int(path.stem.split("@")[1])
+            if step >= finals.get(path.parent.parent, (0, None))[0]:
+                finals[path.parent.parent] = (step, path)
+        bodies = [(path, json.loads(path.read_text())) for _, path in finals.values()]
+        for key in ("loss_image", "loss_text"):
+            values = [b[key] for _, b in bodies if b.get(key) is not None]
+            if len(values) < 2:
+                continue
+            mean = sum(values) / len(values)
+            for _, body in bodies:
+                if body.get(key) is not None:
+                    body[key] = mean + 5 * (body[key] - mean)
+        for path, body in bodies:
+            path.write_text(json.dumps(body))
+    after = verdicts(root)
+    assert after != before or all(v != HOLDS for v in before.values())
+    for claim, verdict in after.items():
+        assert verdict != HOLDS or before[claim] == HOLDS, claim
