@@ -13,7 +13,8 @@ import yaml
 def write_run(root: Path, experiment: str, seed: int, *, scale: str = "smoke", done: bool = True,
               loss_image: float = 6.0, loss_text: float = 1.0, early_text: float | None = None,
               fd: float | None = None, fd_samples: int = 64, val_targets: int = 512,
-              language: dict[int, float] | None = None, lr: float = 3e-3, steps: int = 10) -> Path:
+              language: dict[int, float] | None = None, lr: float = 3e-3, steps: int = 10,
+              per_sample_image: list[float] | None = None) -> Path:
     """One training run; `language` maps step (0 = the final step) to facts_probe accuracy;
     `fd_samples` and `val_targets` are settings its evaluations were measured under."""
     run_id = hashlib.sha256(f"{experiment}{seed}{scale}{lr}".encode()).hexdigest()[:10]
@@ -33,7 +34,8 @@ def write_run(root: Path, experiment: str, seed: int, *, scale: str = "smoke", d
     (path / "metrics.jsonl").write_text("".join(json.dumps({**r, "timing": {}}) + "\n" for r in records))
     (path / "model.json").write_text(json.dumps({"parameters": 1000, "trainable": 1000}))
     _eval(path, "val_loss", steps, {"loss_text": loss_text, "loss_image": loss_image, "targets_text": val_targets,
-                                    "targets_image": val_targets, "provenance": {"dataset": "d" * 64, "split": "val"}})
+                                    "targets_image": val_targets, "provenance": {"dataset": "d" * 64, "split": "val"},
+                                    **({"per_sample": {"loss_image": per_sample_image}} if per_sample_image else {})})
     if fd is not None:
         _eval(path, "image", steps, {"metric": "FD (random extractor)", "value": fd, "samples": fd_samples,
                                      "extractor": "random conv net (seed 0, dim 64)",

@@ -174,3 +174,13 @@ def test_p_values_are_those_of_statsmodels_tost_and_scipys_welch_test(tmp_path):
     assert c.p_against == pytest.approx(min(above, below), rel=1e-9)
     low, high = scipy_stats.ttest_ind(pre, rand, equal_var=False).confidence_interval(0.90)
     assert c.interval == pytest.approx((low, high))
+
+
+def test_arms_scored_on_the_same_samples_also_show_the_paired_difference(tmp_path):
+    for seed in range(3):
+        write_run(tmp_path, "pretrained", seed, loss_image=6.0 + 0.05 * seed,
+                  per_sample_image=[5.0 + 0.05 * seed, 6.0, 7.0 + 0.05 * seed, 6.0])
+        write_run(tmp_path, "random_init", seed, loss_image=6.1 + 0.05 * seed,
+                  per_sample_image=[5.1 + 0.05 * seed, 6.1, 7.1 + 0.05 * seed, 6.1])
+    (c,) = image_verdict(tmp_path).comparisons
+    assert c.paired == "paired over 4 held-out samples: -0.1 [-0.1, -0.1]"  # every sample 0.1 lower
