@@ -258,7 +258,7 @@ def _selftest(args: argparse.Namespace) -> int:
 
 
 # config.job -> the module whose main(run_dir, error_file) runs one task of that job.
-JOB_MODULES = {"train": "harness.train.loop", "tokenize": "harness.data.tokenize", "align": "harness.model.align",
+JOB_MODULES = {"train": "harness.train.loop", "tokenize": "harness.data.tokenize", "align": "harness.train.align",
                "eval_image": "harness.eval.image_job", "eval_language": "harness.eval.language"}
 
 

@@ -15,7 +15,8 @@ from harness.data.dataset import dataset_dir, describe, ensure_dataset
 from harness.data.tokenize import raw_fingerprint, shard_tasks
 from harness.errors import HarnessError
 from harness.rundir import RunDir, RunState
-from harness.train.sources import is_run_reference
+from harness.train import model_file
+from harness.train.sources import is_run_reference, resolve_source
 
 # Overrides that an upstream run inherits from the command line: where and at what scale it runs,
 # and on which data and architecture. Seeds and training settings belong to the downstream run.
@@ -76,17 +77,47 @@ def _plan_one(composed: ComposedRun, log, allow_missing_data: bool = False) -> l
     if config.job == "tokenize":
         return _plan_tokenize(config, composed.overrides)
     upstream: list[PlannedRun] = []
+    source: dict | None = None  # what the init.source weights assume, where it can be known now
     for key in upstream_keys(config):
         value = upstream_value(config, key)
         if value in list_experiments():
             upstream += _plan_one(_compose_upstream(value, composed.overrides), log, allow_missing_data)
             config = _with_value(config, key, upstream[-1].run.name)
+            if key == "init.source":
+                planned = upstream[-1]
+                source = {"positional": planned.config.model.positional,
+                          "text_tokenizer": planned.data.get("text_tokenizer")}
         else:
             config = _check_reference(config, key, log if allow_missing_data else None)
+            if key == "init.source":
+                source = _recorded_assumptions(config)
     if config.job != "train":
         config = _single_process(config)
     data = _data_of(config, log, allow_missing_data)
+    if source is not None:
+        _check_assumptions(config, source, data)
     return [*upstream, *_part_runs(config, composed.overrides, data)]
+
+
+def _recorded_assumptions(config: RunConfig) -> dict | None:
+    """What a done run's or a path's model file records (None for a released open_lm checkpoint,
+    which records nothing, or a path not there yet on a dry run)."""
+    path = resolve_source(config)
+    if not (path.is_dir() or path.name == model_file.MODEL_FILE) or not path.exists():
+        return None
+    return model_file.recorded_assumptions(path)
+
+
+def _check_assumptions(config: RunConfig, source: dict, data: dict) -> None:
+    """A pre-trained init must start from weights trained with this run's positional type and text
+    tokenizer: another tokenizer of the same size trains to DONE on text rows that mean other
+    tokens. Files written before the tokenizer hash was recorded are checked on position only."""
+    mine = {"positional": config.model.positional, "text_tokenizer": data.get("text_tokenizer")}
+    for what, theirs in source.items():
+        if theirs is not None and mine[what] is not None and theirs != mine[what]:
+            raise HarnessError(f"init.source={config.init.source}: its weights were trained with {what} "
+                               f"{theirs!r}, this run uses {mine[what]!r} (model.positional / the data's "
+                               "text tokenizer); start from weights trained for this setting")
 
 
 # Jobs that split into a job array of parts: the config section holding `parts` and `part`.

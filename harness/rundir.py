@@ -220,3 +220,33 @@ def _new_attempt(number: int, executor: str, job_id: str | None) -> dict[str, An
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# --- metrics.jsonl: one JSON object per logged step; `timing` kept apart from result fields ---
+
+TIMING_KEY = "timing"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The readable lines: a line cut by a kill mid-write ends them (the trainer then replays it)."""
+    return read_metrics_strict(path)[0]
+
+
+def read_metrics_strict(path: Path) -> tuple[list[dict[str, Any]], int | None]:
+    """Every line, and the number of the first unreadable one (None if all read): the collector
+    must not report a run whose last logged step was cut off as if an earlier step were its end."""
+    records: list[dict[str, Any]] = []
+    if not path.exists():
+        return records, None
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    return records, number
+    return records, None
+
+
+def without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != TIMING_KEY} for r in records]

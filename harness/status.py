@@ -15,8 +15,8 @@ from typing import TextIO
 from harness.config import load_run_config
 from harness.errors import HarnessError
 from harness.launch import slurm
-from harness.rundir import RunDir, RunState, find_runs
-from harness.train.metrics import read_metrics
+from harness.rundir import RunDir, RunState, find_runs, read_metrics
+
 
 TERMINAL = {"done", "failed", "cancelled", "timeout", "node_fail", "out_of_memory", "preempted",
             "interrupted", "ended"}

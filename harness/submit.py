@@ -32,9 +32,8 @@ from harness.launch.image import git_sha_mismatch, identify
 from harness.launch.task import RunTask
 from harness.plan import PlannedRun, plan, upstream_keys, upstream_value
 from harness.provenance import code_snapshot_id, git_state, submit_provenance
-from harness.rundir import RunDir, RunState
+from harness.rundir import RunDir, RunState, read_metrics
 from harness.status import wait_for
-from harness.train.metrics import read_metrics
 from harness.train.sources import is_run_reference
 
 POLL_S = 1.0

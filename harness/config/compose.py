@@ -38,6 +38,8 @@ SCHEMA_NAME = "harness_schema"
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.positional": ("rotary", "head_rotary", "none"),
     "model.attention": ("sdpa", "flash", "efficient", "math"),
+    "model.init": ("open_lm", "normal"),
+    "eval.fid_mode": ("clean", "legacy_tensorflow"),
     "job": ("train", "tokenize", "align", "eval_image", "eval_language"),
     "data.kind": ("synthetic", "prebuilt"),
     "data.raw.source": ("urls", "shapes", "external"),

@@ -23,7 +23,10 @@ class ModelConfig:
     # rotary | head_rotary | none. The released open_lm-1b weights were trained with head_rotary.
     positional: str = "rotary"
     norm_eps: float = 1e-5
-    init_std: float = 0.02
+    # Random initialisation: open_lm (its own scheme, the paper's random baseline) | normal
+    # (N(0, init_std), residual outputs scaled by depth: this harness's scheme before issue #18).
+    init: str = "open_lm"
+    init_std: float = 0.02  # the normal scheme only
     # Recompute each layer's activations in the backward pass: memory for compute (paper scale).
     activation_checkpointing: bool = False
     # Attention kernels: sdpa (torch chooses) | flash | efficient | math. Same function, other speed.
@@ -63,6 +66,9 @@ class TokenizerConfig:
     # architecture at laptop width (smoke only; labelled as such wherever it is recorded).
     image_variant: str = "67M"
     image_weights: str = ""
+    # Any other MoVQ checkpoint: its original config YAML (model.params: ddconfig, embed_dim,
+    # n_embed); set, it replaces image_variant's released architecture.
+    image_config: str = ""
 
 
 @dataclass
@@ -99,7 +105,8 @@ class InitConfig:
     source: Optional[str] = None
     # For aligned: the alignment (experiment=align) run, named the same ways.
     alignment: Optional[str] = None
-    # std of the new (image and special) embedding rows; null = the model's init_std.
+    # std of the new (image and special) embedding rows; null = the embedding's own rule under
+    # model.init (open_lm: truncated normal, 1/sqrt(d_model); normal: init_std).
     new_row_std: Optional[float] = None
 
 
@@ -235,6 +242,9 @@ class EvalConfig:
     # a fixed random extractor, reported as "FD (random extractor)", never as FID.
     inception: str = ""
     inception_sha256: str = ""
+    # How images reach Inception's 299x299: clean (clean-fid's default, PIL bicubic outside the
+    # network; "clean-FID") | legacy_tensorflow (the network's own bilinear resize; "TF-FID").
+    fid_mode: str = "clean"
     clip: str = ""                 # a transformers CLIPModel directory; unset: no CLIP score
     # experiment=eval_language: local task files (JSONL; relative to paths.data_root) and prompts
     # answered greedily, recorded as text.

@@ -1,9 +1,10 @@
 """Image tokenizer: the SBER-MoVQGAN architecture through diffusers' VQModel(norm_type="spatial").
 
-Paper scale loads the released weights (67M/102M/270M) with `ImageTokenizer.from_sber_checkpoint`;
-smoke and micro scales build the same architecture, narrower, with seeded random weights. Such a
-tokenizer is labelled "random weights" everywhere it is recorded: its codes are a deterministic
-function of the image but not a good one. Both run the same decode code below.
+Paper scale loads the released weights (67M/102M/270M), or any MoVQ checkpoint with its original
+config, with `ImageTokenizer.from_sber_checkpoint`; the model is built from the config's ddconfig
+(`vqmodel_config`). Smoke and micro scales build the same architecture, narrower, with seeded
+random weights. Such a tokenizer is labelled "random weights" everywhere it is recorded: its codes
+are a deterministic function of the image but not a good one. Both run the same decode code below.
 
 Encoding follows the original MoVQGAN: encoder -> quant_conv -> nearest codebook entry by the
 squared distance |z|^2 + |e|^2 - 2 z.e, ids flattened in (batch, row, column) order. Released
@@ -19,55 +20,203 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from diffusers import VQModel
 
 from harness.data import movq_convert, portable
 from harness.errors import HarnessError
 
-DOWNSAMPLING = 8  # 3 down blocks: 256x256 -> 32x32 codes
 WEIGHTS_URL = "https://huggingface.co/ai-forever/MoVQGAN"
 
-# Kandinsky 2.x movq == SBER-MoVQGAN 67M (FACTS.md): ddconfig ch 128, ch_mult [1,2,2,4],
-# num_res_blocks 2, attn_resolutions [32] (= the last, 32x32 level), z_channels 4, embed_dim 4,
-# n_embed 16384. diffusers' decoder gives each up block layers_per_block + 1 resnets, as the
-# original's num_res_blocks + 1.
-MOVQ_67M: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=4, vq_embed_dim=4, num_vq_embeddings=16384,
-    down_block_types=("DownEncoderBlock2D",) * 3 + ("AttnDownEncoderBlock2D",),
-    up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 3,
-    block_out_channels=(128, 256, 256, 512), layers_per_block=2, norm_num_groups=32,
-    norm_type="spatial",
+# ---- the architecture: an SBER-MoVQGAN config -> diffusers VQModel kwargs ----
+#
+# The original builds MOVQ(ddconfig, n_embed, embed_dim) (movqgan/models/vqgan.py): an Encoder and a
+# MOVQDecoder from `ddconfig`, a codebook of n_embed rows of embed_dim. `vqmodel_config` builds the
+# same model as diffusers' VQModel kwargs, so any MoVQ checkpoint loads with its own config.
+
+# configs/movqgan_67M.yaml model.params.ddconfig; Kandinsky 2.x movq == SBER-MoVQGAN 67M (FACTS.md).
+_DDCONFIG_67M: dict[str, Any] = dict(
+    double_z=False, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 2, 4],
+    num_res_blocks=2, attn_resolutions=[32], dropout=0.0,
 )
+MOVQ_DDCONFIGS: dict[str, dict[str, Any]] = {
+    "67M": _DDCONFIG_67M,  # 67,832,495 parameters, checked against the released key list
+    # configs/movqgan_102M.yaml: four resnets per level. No released key list was at hand to check it.
+    "102M": {**_DDCONFIG_67M, "num_res_blocks": 4},
+    "270M": {**_DDCONFIG_67M, "ch": 256},  # 270,669,103 parameters, checked against the released key list
+}
+RELEASED_CODEBOOK: dict[str, int] = {"embed_dim": 4, "n_embed": 16384}  # all three configs' model.params
+
+# The laptop-width layout of smoke and micro scales: the released blocks, downsampling and code
+# dimension, narrower (widths stay multiples of 32, see GROUPS).
+TINY_DDCONFIG: dict[str, Any] = {**_DDCONFIG_67M, "ch": 32, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1}
+
+GROUPS = 32  # the original's Normalize and diffusers' SpatialNorm both hard-code 32 groups
+_REQUIRED = ("z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks",
+             "attn_resolutions")
+# ddconfig keys the original reads with a default: (its default, the one value VQModel builds, why).
+_FIXED: dict[str, tuple[bool, bool, str]] = {
+    "double_z": (True, False, "VQModel's encoder emits z_channels, not 2 * z_channels"),
+    "resamp_with_conv": (True, True, "VQModel resamples with convolutions"),
+    "add_conv": (False, False, "VQModel's SpatialNorm has no 3x3 conv on the code"),
+    "give_pre_end": (False, False, "VQModel's decoder always ends in norm_out and conv_out"),
+}
+_IGNORED = ("dropout",)  # acts only in training: the tokenizer runs in eval mode
+
+
+def vqmodel_config(ddconfig: Mapping[str, Any], embed_dim: int, n_embed: int) -> dict[str, Any]:
+    """diffusers VQModel kwargs for the model the original MOVQ(ddconfig, n_embed, embed_dim) builds.
+    A config VQModel cannot express fails naming the key."""
+    _check_keys(ddconfig)
+    widths = _widths(ddconfig)
+    z_channels = _positive_int(ddconfig["z_channels"], "z_channels")
+    # VQModel sizes its decoder's SpatialNorms for z_channels-wide conditioning but feeds them the codes
+    if _positive_int(embed_dim, "embed_dim") != z_channels:
+        raise HarnessError(f"MoVQGAN config: 'embed_dim' {embed_dim} differs from ddconfig 'z_channels' "
+                           f"{z_channels}; diffusers' VQModel needs them equal")
+    attention = _attention_levels(ddconfig, len(widths))
+    return dict(
+        in_channels=_positive_int(ddconfig["in_channels"], "in_channels"),
+        out_channels=_positive_int(ddconfig["out_ch"], "out_ch"),
+        latent_channels=z_channels, vq_embed_dim=embed_dim, num_vq_embeddings=_positive_int(n_embed, "n_embed"),
+        down_block_types=tuple("AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attention),
+        # diffusers' up blocks run from the lowest resolution up
+        up_block_types=tuple("AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attention)),
+        block_out_channels=widths,
+        # diffusers' decoder gives each up block layers_per_block + 1 resnets, as the original's num_res_blocks + 1
+        layers_per_block=_positive_int(ddconfig["num_res_blocks"], "num_res_blocks"),
+        norm_num_groups=GROUPS, norm_type="spatial",
+    )
+
+
+def _check_keys(ddconfig: Mapping[str, Any]) -> None:
+    if not isinstance(ddconfig, Mapping):
+        raise HarnessError(f"MoVQGAN config: 'ddconfig' must be a mapping, not {type(ddconfig).__name__}")
+    missing = [key for key in _REQUIRED if key not in ddconfig]
+    if missing:
+        raise HarnessError(f"MoVQGAN ddconfig: '{missing[0]}' is missing")
+    # The original ignores keys it does not read; here an unknown key fails, as it may mean another
+    # architecture than the one built here (or a typo of a key that matters).
+    unknown = sorted(set(ddconfig) - {*_REQUIRED, *_FIXED, *_IGNORED})
+    if unknown:
+        raise HarnessError(f"MoVQGAN ddconfig: unknown key '{unknown[0]}'")
+    for key, (default, supported, why) in _FIXED.items():
+        if bool(ddconfig.get(key, default)) != supported:  # truthiness, as the original tests it
+            got = repr(ddconfig[key]) if key in ddconfig else f"unset, which the original reads as {default}"
+            raise HarnessError(f"MoVQGAN ddconfig: '{key}' must be {str(supported).lower()} ({why}); got {got}")
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise HarnessError(f"MoVQGAN config: '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _widths(ddconfig: Mapping[str, Any]) -> tuple[int, ...]:
+    """block_out_channels: ch * m per level, checked against what VQModel can build."""
+    ch, ch_mult = _positive_int(ddconfig["ch"], "ch"), ddconfig["ch_mult"]
+    if not isinstance(ch_mult, (list, tuple)) or not ch_mult or \
+            not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in ch_mult):
+        raise HarnessError(f"MoVQGAN ddconfig: 'ch_mult' must be a non-empty list of positive integers, "
+                           f"got {ch_mult!r}")
+    # The original's conv_in emits ch channels and level 0 widens them to ch * ch_mult[0];
+    # VQModel's conv_in emits level 0's width itself
+    if ch_mult[0] != 1:
+        raise HarnessError(f"MoVQGAN ddconfig: 'ch_mult' must start with 1 for diffusers' VQModel, "
+                           f"got {list(ch_mult)}")
+    if ch % GROUPS:  # with ch_mult integers, every width is then a multiple too
+        raise HarnessError(f"MoVQGAN ddconfig: 'ch' {ch} is not a multiple of {GROUPS} "
+                           f"(every norm has {GROUPS} groups)")
+    return tuple(ch * m for m in ch_mult)
+
+
+def _attention_levels(ddconfig: Mapping[str, Any], levels: int) -> list[bool]:
+    """Whether each level (0 = full resolution) attends after each resnet. The original tests
+    `resolution in attn_resolutions` per level, halving down from `resolution` in the encoder and
+    doubling up from the bottom in the decoder; an entry no level has is ignored, as there. VQModel
+    mirrors one placement in both, so the encoder's and the decoder's must agree."""
+    resolution, wanted = _positive_int(ddconfig["resolution"], "resolution"), ddconfig["attn_resolutions"]
+    if not isinstance(wanted, (list, tuple)) or not all(isinstance(r, int) for r in wanted):
+        raise HarnessError(f"MoVQGAN ddconfig: 'attn_resolutions' must be a list of integers, got {wanted!r}")
+    encoder = [resolution // 2**i in wanted for i in range(levels)]
+    decoder = [resolution // 2**(levels - 1) * 2**(levels - 1 - i) in wanted for i in range(levels)]
+    if encoder != decoder:
+        raise HarnessError(f"MoVQGAN ddconfig: 'resolution' {resolution} is not divisible by "
+                           f"{2**(levels - 1)}, so the original's encoder and decoder attend at different "
+                           f"levels for 'attn_resolutions' {list(wanted)}; diffusers' VQModel cannot")
+    return encoder
+
+
+def params_config(params: Mapping[str, Any]) -> dict[str, Any]:
+    """VQModel kwargs from an original config's model.params: {"ddconfig": {...}, "embed_dim": 4,
+    "n_embed": 16384}; its training entries (learning_rate, lossconfig, ...) are ignored."""
+    if not isinstance(params, Mapping):
+        raise HarnessError(f"MoVQGAN config: model.params must be a mapping, not {type(params).__name__}")
+    for key in ("ddconfig", "embed_dim", "n_embed"):
+        if key not in params:
+            raise HarnessError(f"MoVQGAN config: model.params '{key}' is missing")
+    return vqmodel_config(params["ddconfig"], params["embed_dim"], params["n_embed"])
+
+
+def read_movq_yaml(path: Path) -> dict[str, Any]:
+    """model.params of an original MoVQGAN training config (configs/movqgan_*.yaml)."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise HarnessError(f"MoVQGAN config {path} could not be read: {reason}") from error
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("params"), dict):
+        raise HarnessError(f"MoVQGAN config {path}: no 'model.params' mapping")
+    # movqgan.models.vqgan.VQModel has a plain decoder (GroupNorms, no SpatialNorm): another model
+    target = model.get("target", "movqgan.models.vqgan.MOVQ")
+    if not str(target).endswith(".MOVQ"):
+        raise HarnessError(f"MoVQGAN config {path}: 'model.target' {target} is not a MOVQ model")
+    return model["params"]
+
 
 MOVQ_VARIANTS: dict[str, dict[str, Any]] = {
-    "67M": MOVQ_67M,  # 67,832,495 parameters, checked against the released key list
-    # ai-forever/MoVQGAN configs/movqgan_102M.yaml (and movqgan/__init__.py MODELS["102M"]): the 67M
-    # ddconfig with num_res_blocks 4 instead of 2; everything else (ch 128, ch_mult [1,2,2,4],
-    # attn_resolutions [32], z_channels 4, embed_dim 4, n_embed 16384) is unchanged, so
-    # layers_per_block=4 expresses it. No released key list was at hand to check it against.
-    "102M": {**MOVQ_67M, "layers_per_block": 4},
-    # 270M: ch 256 (every width doubled), num_res_blocks 2; 270,669,103 parameters, checked.
-    "270M": {**MOVQ_67M, "block_out_channels": (256, 512, 512, 1024)},
+    name: vqmodel_config(ddconfig, **RELEASED_CODEBOOK) for name, ddconfig in MOVQ_DDCONFIGS.items()
 }
 
 
 def tiny_movq_config(codebook_size: int) -> dict[str, Any]:
-    """The MoVQ layout at laptop width: same blocks, same downsampling, same code dimension.
-    Widths stay multiples of 32: diffusers' SpatialNorm hard-codes 32 groups."""
-    return {**MOVQ_67M, "num_vq_embeddings": codebook_size, "block_out_channels": (32, 32, 64, 64),
-            "layers_per_block": 1}
+    """The MoVQ layout at laptop width (TINY_DDCONFIG) with a codebook of this size."""
+    return vqmodel_config(TINY_DDCONFIG, embed_dim=RELEASED_CODEBOOK["embed_dim"], n_embed=codebook_size)
 
 
 def variant_config(variant: str) -> dict[str, Any]:
     if variant not in MOVQ_VARIANTS:
         raise HarnessError(f"unknown SBER-MoVQGAN variant '{variant}'; valid: {', '.join(MOVQ_VARIANTS)}")
     return MOVQ_VARIANTS[variant]
+
+
+# A released variant's name ("67M"), an original config file (a Path, or a str ending in .yaml/.yml),
+# or that file's model.params as a mapping.
+Architecture = str | Path | Mapping[str, Any]
+
+
+def resolve_architecture(architecture: Architecture) -> tuple[str, dict[str, Any]]:
+    """(a label for the weights description, VQModel kwargs) of an architecture."""
+    if isinstance(architecture, Mapping):
+        return f"model.params {_describe(architecture)}", params_config(architecture)
+    if isinstance(architecture, Path) or str(architecture).endswith((".yaml", ".yml")):
+        path = Path(architecture)
+        return f"config {path.resolve()}", params_config(read_movq_yaml(path))
+    return architecture, variant_config(architecture)
+
+
+def _describe(params: Mapping[str, Any]) -> str:
+    """The architecture's entries as compact JSON: what a recorded weights line needs to rebuild it."""
+    kept = {key: params[key] for key in ("ddconfig", "embed_dim", "n_embed") if key in params}
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
 
 
 @contextmanager
@@ -136,16 +285,19 @@ class ImageTokenizer:
         return tokenizer.to(device) if device is not None else tokenizer
 
     @classmethod
-    def from_sber_checkpoint(cls, path: Path, variant: str,
+    def from_sber_checkpoint(cls, path: Path, architecture: Architecture,
                              device: str | torch.device | None = None) -> "ImageTokenizer":
-        """The released SBER-MoVQGAN weights (movqgan_{67M,102M,270M}.ckpt, original key names) from
-        a local file, converted to VQModel names and loaded strictly: every tensor must map onto
-        the variant's model with the right shape, and every model tensor must be present."""
-        config = variant_config(variant)
+        """SBER-MoVQGAN weights (original key names: the released movqgan_{67M,102M,270M}.ckpt or any
+        MoVQ checkpoint) from a local file, for `architecture` (see Architecture), converted to VQModel
+        names and loaded strictly: every tensor must map onto the model with the right shape, and every
+        model tensor must be present."""
+        label, config = resolve_architecture(architecture)
         path = Path(path)
         if not path.is_file():
-            raise HarnessError(f"SBER-MoVQGAN {variant} checkpoint {path} not found; download "
-                               f"movqgan_{variant}.ckpt from {WEIGHTS_URL} and point the config at it")
+            released = isinstance(architecture, str) and architecture in MOVQ_VARIANTS
+            hint = (f"download movqgan_{architecture}.ckpt from {WEIGHTS_URL} and point the config at it"
+                    if released else "point the config at the checkpoint file")
+            raise HarnessError(f"SBER-MoVQGAN {label} checkpoint {path} not found; {hint}")
         original = movq_convert.read_checkpoint(path)
         with torch.device("meta"):  # no random init: every tensor is replaced by the checkpoint's
             model = VQModel(**config)
@@ -156,7 +308,7 @@ class ImageTokenizer:
         left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if left:
             raise HarnessError(f"SBER-MoVQGAN checkpoint {path} left '{left[0]}' unset")
-        tokenizer = cls(model, weights=f"SBER-MoVQGAN {variant} ({path.resolve()})")
+        tokenizer = cls(model, weights=f"SBER-MoVQGAN {label} ({path.resolve()})")
         return tokenizer.to(device) if device is not None else tokenizer
 
     @classmethod
@@ -183,8 +335,13 @@ class ImageTokenizer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def downsampling(self) -> int:
+        """Pixels per code along each side: every level but the last halves the resolution."""
+        return 2 ** (len(self.model.config.block_out_channels) - 1)
+
     def tokens_per_image(self, image_size: int) -> int:
-        return (image_size // DOWNSAMPLING) ** 2
+        return (image_size // self.downsampling) ** 2
 
     @property
     def codebook_size(self) -> int:
@@ -221,11 +378,13 @@ class ImageTokenizer:
 
     @torch.no_grad()
     def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Float RGB [B, 3, H, W] in [-1, 1] (H, W multiples of 8) -> long ids [B, (H/8) * (W/8)],
-        row-major (batch, row, column), on the tokenizer's device."""
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % DOWNSAMPLING or x.shape[3] % DOWNSAMPLING:
-            raise HarnessError(f"image tokenizer: expected [B, 3, H, W] with H, W multiples of "
-                               f"{DOWNSAMPLING}, got {list(x.shape)}")
+        """Float RGB [B, 3, H, W] in [-1, 1] (H, W multiples of f = self.downsampling, 8 in every
+        released size) -> long ids [B, (H/f) * (W/f)], row-major (batch, row, column), on the
+        tokenizer's device."""
+        f = self.downsampling
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % f or x.shape[3] % f:
+            raise HarnessError(f"image tokenizer: expected [B, 3, H, W] with H, W multiples of {f}, "
+                               f"got {list(x.shape)}")
         if self.encoding == portable.DESCRIPTION:
             points = self._grid_latents(x)
             codes = portable.on_grid(self.codebook, "the codebook")
@@ -246,7 +405,7 @@ class ImageTokenizer:
         return portable.to_grid(latents.permute(0, 2, 3, 1).flatten(1, 2), "a latent")
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [B, H, W, 3] -> code ids [B, (H/8) * (W/8)] (int64, CPU) in row-major order."""
+        """uint8 [B, H, W, 3] -> code ids [B, (H/f) * (W/f)] (int64, CPU) in row-major order."""
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise HarnessError(f"image tokenizer: expected uint8 [B, H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
         return self.encode_tensor(_to_unit_range(pixels)).cpu().numpy()
@@ -268,15 +427,16 @@ class ImageTokenizer:
     @torch.no_grad()
     def decode(self, ids: torch.Tensor, height_codes: int | None = None) -> torch.Tensor:
         """ids [B, h*w] (row-major; square grid unless height_codes says h) -> float RGB
-        [B, 3, 8h, 8w] clamped to [-1, 1]. VQModel.decode with force_not_quantize=True runs
-        decoder(post_quant_conv(q), q), the SpatialNorms conditioned on q, as the original."""
+        [B, 3, f*h, f*w] clamped to [-1, 1] (f = self.downsampling). VQModel.decode with
+        force_not_quantize=True runs decoder(post_quant_conv(q), q), the SpatialNorms conditioned on
+        q, as the original."""
         q = self.quantized(ids, height_codes)
         with exact_fp32(), torch.autocast(self.device.type, enabled=False):
             image = self.model.decode(q, force_not_quantize=True).sample
         return image.clamp(-1.0, 1.0)
 
     def decode_to_uint8(self, ids: torch.Tensor, height_codes: int | None = None) -> np.ndarray:
-        """ids [B, h*w] -> uint8 [B, 8h, 8w, 3] on the CPU (the inverse of encode's scaling)."""
+        """ids [B, h*w] -> uint8 [B, f*h, f*w, 3] on the CPU (the inverse of encode's scaling)."""
         image = (self.decode(ids, height_codes) + 1.0) * 127.5
         return image.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 

@@ -1,8 +1,10 @@
 """SBER-MoVQGAN checkpoints (ai-forever/MoVQGAN key names) -> diffusers' VQModel(norm_type="spatial").
 
 Pitfalls handled (FACTS.md): the original decoder's `up.L` runs in reverse order relative to
-diffusers' `up_blocks`; attention q/k/v/proj_out are 1x1 convolutions where diffusers has linear
-layers; decoder norms are SpatialNorms (`norm_layer`, `conv_y`, `conv_b`) whose names carry over.
+diffusers' `up_blocks`, so every map takes the model's level count (any ch_mult length; resnet and
+attention indices carry over, so any num_res_blocks and attention at any level map too); attention
+q/k/v/proj_out are 1x1 convolutions where diffusers has linear layers; decoder norms are
+SpatialNorms (`norm_layer`, `conv_y`, `conv_b`) whose names carry over.
 A key no rule maps, or a tensor whose shape disagrees with the target model, fails naming the key.
 
 The inverse map (`to_original_state_dict`) exists so tests can write synthetic checkpoints in the real
@@ -12,29 +14,36 @@ key format from tiny diffusers models; `read_checkpoint` reads a released file a
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from harness.errors import HarnessError
 
-UP_LEVELS = 4  # ch_mult [1, 2, 2, 4] in every released size (67M, 102M, 270M)
-
 RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "nin_shortcut": "conv_shortcut"}
 ATTENTION = {"q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 
 
-def convert_key(key: str) -> str:
-    """The diffusers name of one original key."""
+def levels_of(state: Mapping[str, Any]) -> int:
+    """How many resolution levels (len(ch_mult)) a diffusers VQModel state dict has: its decoder up blocks.
+    The decoder's level order flips between the two namings, so every map needs this count."""
+    found = [int(m[1]) for key in state if (m := re.match(r"decoder\.up_blocks\.(\d+)\.", key))]
+    return max(found) + 1 if found else 0
+
+
+def convert_key(key: str, levels: int) -> str:
+    """The diffusers name of one original key, in a model of `levels` resolution levels."""
     part, _, rest = key.partition(".")
     if part in ("quantize", "quant_conv", "post_quant_conv"):
         return key
     if part not in ("encoder", "decoder"):
         raise HarnessError(f"MoVQGAN checkpoint: no rule maps key '{key}'")
-    return f"{part}.{_convert_coder(part, rest, key)}"
+    return f"{part}.{_convert_coder(part, rest, key, levels)}"
 
 
-def _convert_coder(part: str, rest: str, key: str) -> str:
+def _convert_coder(part: str, rest: str, key: str, levels: int) -> str:
     rules: list[tuple[str, object]] = [
         (r"conv_in\.(.+)", lambda m: f"conv_in.{m[1]}"),
         (r"conv_out\.(.+)", lambda m: f"conv_out.{m[1]}"),
@@ -47,10 +56,11 @@ def _convert_coder(part: str, rest: str, key: str) -> str:
          lambda m: f"down_blocks.{m[1]}.attentions.{m[2]}.{_attention(part, m[3], key)}.{m[4]}"),
         (r"down\.(\d+)\.downsample\.conv\.(.+)", lambda m: f"down_blocks.{m[1]}.downsamplers.0.conv.{m[2]}"),
         (r"up\.(\d+)\.block\.(\d+)\.(\w+)\.(.+)",
-         lambda m: f"up_blocks.{_up(m[1])}.resnets.{m[2]}.{_resnet(m[3], key)}.{m[4]}"),
+         lambda m: f"up_blocks.{_up(m[1], levels, key)}.resnets.{m[2]}.{_resnet(m[3], key)}.{m[4]}"),
         (r"up\.(\d+)\.attn\.(\d+)\.(\w+)\.(.+)",
-         lambda m: f"up_blocks.{_up(m[1])}.attentions.{m[2]}.{_attention(part, m[3], key)}.{m[4]}"),
-        (r"up\.(\d+)\.upsample\.conv\.(.+)", lambda m: f"up_blocks.{_up(m[1])}.upsamplers.0.conv.{m[2]}"),
+         lambda m: f"up_blocks.{_up(m[1], levels, key)}.attentions.{m[2]}.{_attention(part, m[3], key)}.{m[4]}"),
+        (r"up\.(\d+)\.upsample\.conv\.(.+)",
+         lambda m: f"up_blocks.{_up(m[1], levels, key)}.upsamplers.0.conv.{m[2]}"),
     ]
     for pattern, rename in rules:
         match = re.fullmatch(pattern, rest)
@@ -59,8 +69,12 @@ def _convert_coder(part: str, rest: str, key: str) -> str:
     raise HarnessError(f"MoVQGAN checkpoint: no rule maps key '{key}'")
 
 
-def _up(level: str) -> int:
-    return UP_LEVELS - 1 - int(level)
+def _up(level: str, levels: int, key: str) -> int:
+    """The original's decoder `up.L` is its level L (0 = full resolution); diffusers' `up_blocks` run
+    from the lowest resolution up. The map is its own inverse."""
+    if not 0 <= int(level) < levels:
+        raise HarnessError(f"MoVQGAN key '{key}' names decoder level {level}; the model has {levels} levels")
+    return levels - 1 - int(level)
 
 
 def _resnet(name: str, key: str) -> str:
@@ -87,9 +101,9 @@ def convert_tensor(new_key: str, tensor: torch.Tensor) -> torch.Tensor:
 def convert_state_dict(original: dict[str, torch.Tensor],
                        target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map every original tensor onto the target model's names and shapes; fail naming the key."""
-    converted = {}
+    converted, levels = {}, levels_of(target)
     for key, tensor in original.items():
-        new_key = convert_key(key)
+        new_key = convert_key(key, levels)
         value = convert_tensor(new_key, tensor)
         if new_key not in target:
             raise HarnessError(f"MoVQGAN checkpoint key '{key}' maps to '{new_key}', which the model lacks")
@@ -100,7 +114,7 @@ def convert_state_dict(original: dict[str, torch.Tensor],
     missing = sorted(set(target) - set(converted))
     if missing:
         raise HarnessError(f"MoVQGAN checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. "
-                           f"'{original_key(missing[0])}' (the model's '{missing[0]}')")
+                           f"'{original_key(missing[0], levels)}' (the model's '{missing[0]}')")
     return converted
 
 
@@ -111,8 +125,8 @@ INVERSE_ATTENTION = {**{new: old for old, new in ATTENTION.items()}, "group_norm
 _ATTN_PART = r"(to_q|to_k|to_v|to_out\.0|group_norm|spatial_norm)"
 
 
-def original_key(key: str) -> str:
-    """The original SBER-MoVQGAN name of one diffusers VQModel key."""
+def original_key(key: str, levels: int) -> str:
+    """The original SBER-MoVQGAN name of one diffusers VQModel key, in a model of `levels` levels."""
     part, _, rest = key.partition(".")
     if part in ("quantize", "quant_conv", "post_quant_conv"):
         return key
@@ -132,10 +146,11 @@ def original_key(key: str) -> str:
          lambda m: f"down.{m[1]}.attn.{m[2]}.{_inverse(INVERSE_ATTENTION, m[3], key)}.{m[4]}"),
         (r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", lambda m: f"down.{m[1]}.downsample.conv.{m[2]}"),
         (r"up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)",
-         lambda m: f"up.{_up(m[1])}.block.{m[2]}.{_inverse(INVERSE_RESNET, m[3], key)}.{m[4]}"),
+         lambda m: f"up.{_up(m[1], levels, key)}.block.{m[2]}.{_inverse(INVERSE_RESNET, m[3], key)}.{m[4]}"),
         (rf"up_blocks\.(\d+)\.attentions\.(\d+)\.{_ATTN_PART}\.(.+)",
-         lambda m: f"up.{_up(m[1])}.attn.{m[2]}.{_inverse(INVERSE_ATTENTION, m[3], key)}.{m[4]}"),
-        (r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", lambda m: f"up.{_up(m[1])}.upsample.conv.{m[2]}"),
+         lambda m: f"up.{_up(m[1], levels, key)}.attn.{m[2]}.{_inverse(INVERSE_ATTENTION, m[3], key)}.{m[4]}"),
+        (r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)",
+         lambda m: f"up.{_up(m[1], levels, key)}.upsample.conv.{m[2]}"),
     ]
     for pattern, rename in rules:
         match = re.fullmatch(pattern, rest)
@@ -152,10 +167,10 @@ def _inverse(table: dict[str, str], name: str, key: str) -> str:
 
 def to_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A diffusers VQModel state dict in the released checkpoints' format (names, 1x1-conv attention)."""
-    original = {}
+    original, levels = {}, levels_of(state)
     for key, tensor in state.items():
         linear = re.search(r"\.attentions\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$", key) and tensor.ndim == 2
-        original[original_key(key)] = tensor[:, :, None, None] if linear else tensor
+        original[original_key(key, levels)] = tensor[:, :, None, None] if linear else tensor
     return original
 
 

@@ -206,8 +206,9 @@ class Tokenizers:
         if cfg.image_variant == "tiny":
             image = ImageTokenizer.random(tiny_movq_config(data.codebook_size), data.seed, device=device)
         else:
-            image = ImageTokenizer.from_sber_checkpoint(data_path(cfg.image_weights, data_root),
-                                                        cfg.image_variant, device=device)
+            architecture = data_path(cfg.image_config, data_root) if cfg.image_config else cfg.image_variant
+            image = ImageTokenizer.from_sber_checkpoint(data_path(cfg.image_weights, data_root), architecture,
+                                                        device=device)
         if image.codebook_size != data.codebook_size:
             raise HarnessError(f"image tokenizer codebook {image.codebook_size} != data.codebook_size="
                                f"{data.codebook_size}")

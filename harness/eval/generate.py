@@ -8,13 +8,19 @@ masked out of attention and rotary positions count from each caption's `<bos>`, 
 the same image alone or in a batch.
 
 Classifier-free guidance (scale s != 1) runs each caption beside the empty caption
-`<bos> <boi>` and samples from u + s (c - u). Sampling draws from one CPU generator seeded per
-call, so the same seed gives the same ids on any device.
+`<bos> <boi>` and samples from u + s (c - u).
+
+Each sample draws from its own CPU generator, seeded from (eval seed, the sample's global index
+among eval.samples) by `sample_seed`: a caption's image depends on neither eval.batch_size, its
+position in a batch, nor how eval.parts split the samples, and the same seed gives the same ids on
+any device. Greedy decoding (top_k=1) draws nothing that matters: its ids are the argmax.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -44,17 +50,34 @@ def prompts(captions: list[list[int]], layout: VocabLayout, with_text: bool = Tr
     return tokens, valid
 
 
+def sample_seed(seed: int, index: int) -> int:
+    """The generator seed of the sample at global index `index`: the first 8 bytes of
+    sha256(f"{seed}:{index}") as a big-endian integer with the top bit cleared (63 bits, a valid
+    manual_seed everywhere). A hash rather than seed + index, so that runs with neighbouring eval
+    seeds do not share all but one of their samples' draws."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def sample_generators(seed: int, first_index: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per sample, for the samples at global indices [first_index, +count)."""
+    return [torch.Generator().manual_seed(sample_seed(seed, first_index + i)) for i in range(count)]
+
+
 @torch.no_grad()
 def generate(model: OpenLM, captions: list[list[int]], layout: VocabLayout, tokens_per_image: int,
-             sampling: Sampling = Sampling(), use_cache: bool = True, with_text: bool = True) -> torch.Tensor:
+             sampling: Sampling = Sampling(), use_cache: bool = True, with_text: bool = True,
+             first_index: int = 0) -> torch.Tensor:
     """Image code ids [len(captions), tokens_per_image] (codes, not vocabulary ids). Without text
-    (an unconditional model) the captions are ignored and each row starts at `<boi>`."""
+    (an unconditional model) the captions are ignored and each row starts at `<boi>`.
+    `first_index`: the global sample index of captions[0] (its position among eval.samples), which
+    with sampling.seed decides each row's draws."""
     guided = sampling.cfg_scale != 1.0 and with_text
     rows = captions + [[] for _ in captions] if guided else captions
     tokens, valid = prompts(rows, layout, with_text)
     device = next(model.parameters()).device
     tokens, valid = tokens.to(device), valid.to(device)
-    generator = torch.Generator().manual_seed(sampling.seed)
+    generators = sample_generators(sampling.seed, first_index, len(captions))
     cache = KVCache() if use_cache else None
     step_tokens, codes = tokens, []
     for _ in range(tokens_per_image):
@@ -65,7 +88,7 @@ def generate(model: OpenLM, captions: list[list[int]], layout: VocabLayout, toke
             conditional, unconditional = logits.chunk(2)
             logits = unconditional + sampling.cfg_scale * (conditional - unconditional)
         image_logits = logits[:, layout.image_offset: layout.image_offset + layout.codebook_size]
-        code = sample(image_logits, sampling, generator).to(device)
+        code = sample(image_logits, sampling, generators).to(device)
         codes.append(code)
         next_ids = (code + layout.image_offset).repeat(2 if guided else 1)[:, None]
         tokens = torch.cat([tokens, next_ids], 1)
@@ -74,8 +97,9 @@ def generate(model: OpenLM, captions: list[list[int]], layout: VocabLayout, toke
     return torch.stack(codes, 1)
 
 
-def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
-    """One id per row from temperature-scaled logits, after top-k and top-p filtering."""
+def sample(logits: torch.Tensor, sampling: Sampling, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One id per row from temperature-scaled logits, after top-k and top-p filtering; row i
+    draws from generators[i] alone, so its id does not depend on the other rows."""
     logits = logits.cpu() / max(sampling.temperature, 1e-6)
     if sampling.top_k:
         kth = logits.topk(min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
@@ -85,4 +109,6 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator)
         cumulative = ordered.softmax(-1).cumsum(-1)
         drop = cumulative - ordered.softmax(-1) > sampling.top_p  # keep the first token past top_p
         logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+    probabilities = logits.softmax(-1)
+    return torch.cat([torch.multinomial(row, 1, generator=generator)
+                      for row, generator in zip(probabilities, generators, strict=True)])

@@ -2,7 +2,8 @@
 
 For a trained run's checkpoint: held-out losses, images generated from validation captions
 (saved as grids), the Fréchet distance of their features to the real images' (FID with the
-Inception network; "FD (random extractor)" where no Inception weights are configured), and CLIP
+Inception network, "clean-FID" or "TF-FID" by clean-fid's mode, see eval/fid.py; "FD (random
+extractor)" where no Inception weights are configured), and CLIP
 score where a local CLIP model is configured. Results go into the trained run's directory:
 `eval/image@<step>.json`, `eval/val_loss@<step>.json` and `eval/image@<step>/samples/`.
 """
@@ -97,9 +98,11 @@ def _finalize(out: Path, config: RunConfig, extractor: fid.Extractor, dataset: D
         texts = [t for part in loaded for t in part["captions"].tolist()]
         result = {
             "run": target.name, "step": step, "metric": extractor.metric, "value": fid.frechet_distance(fake, real),
-            "samples": fake.count, "extractor": extractor.identity, "reference": str(cache),
+            "samples": fake.count, "extractor": extractor.identity, "fid_mode": extractor.fid_mode,
+            "reference": str(cache),
             "dataset": dataset.data_hash, "image_tokenizer": dataset.manifest["image_tokenizer"]["weights"],
             "sampling": dataclasses.asdict(sampling),
+            "sample_seeds": "per sample: sha256(f'{seed}:{global index}'), 63 bits (see eval/generate.py)",
             "image_span": "only image codes are sampled between <boi> and the last code (see eval/generate.py)",
             "clip_score": _clip_score(config, out / "samples", texts),
             "file": str(result_path), "written": utc_now(),
@@ -161,16 +164,15 @@ def _real_images(data, sample_ids: list[str], data_root: Path) -> Iterator[np.nd
 
 def _generate_images(model, tokenizer, captions, dataset, sampling, batch_size, first: int,
                      with_text: bool = True) -> np.ndarray:
-    """Each batch's sampling seed follows from its first sample's index: parts and batch sizes
-    do not change which image a caption gets."""
+    """Each sample draws from a generator seeded by (eval.seed, its global index `first + i`; see
+    generate.sample_seed): parts and batch sizes do not change which image a caption gets."""
     layout = dataset.layout("captions")
     per_image = dataset.manifest["image_tokenizer"]["tokens_per_image"]
     images = []
     for start in range(0, len(captions), batch_size):
         chunk = captions[start:start + batch_size]
-        chunk_sampling = dataclasses.replace(sampling, seed=sampling.seed + first + start)
-        codes = generate(model, [c.text_ids.tolist() for c in chunk], layout, per_image, chunk_sampling,
-                         with_text=with_text)
+        codes = generate(model, [c.text_ids.tolist() for c in chunk], layout, per_image, sampling,
+                         with_text=with_text, first_index=first + start)
         images.append(tokenizer.decode_to_uint8(codes))
     return np.concatenate(images)
 
@@ -191,7 +193,7 @@ def _save_grids(images: np.ndarray, directory: Path, prefix: str, per_grid: int)
 def _extractor(config: RunConfig, device: torch.device) -> fid.Extractor:
     if config.eval.inception:
         return fid.inception(data_path(config.eval.inception, Path(config.paths.data_root)),
-                             config.eval.inception_sha256, str(device))
+                             config.eval.inception_sha256, str(device), mode=config.eval.fid_mode)
     return fid.random_extractor()  # fixed: FD values stay comparable across sampling seeds
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from harness.config.schema import RunConfig
 from harness.data import synthetic, text_tokenizer
-from harness.data.dataset import Dataset, open_dataset
+from harness.data.dataset import STORED_AS, Dataset, open_dataset
 from harness.data.tokenize import data_path
 from harness.errors import HarnessError, run_job
 from harness.eval.losses import held_out_losses
@@ -189,15 +189,20 @@ def _tasks(config: RunConfig, trained: RunConfig, data_root: Path) -> dict[str, 
 
 
 def _perplexities(model, dataset: Dataset, trained: RunConfig, batch_size: int) -> dict:
-    """Held-out perplexity on captions (caption-only sequences) and on non-caption text."""
+    """Held-out perplexity on captions and on non-caption text, each scored as the model was
+    trained: a text-to-image model learned `<bos> caption <boi>` (it never put <eos> after a
+    caption), a text LM `<bos> caption <eos>`. The terminator is recorded; it is one target per
+    caption either way, each model's own end of a caption, so the numbers stay comparable."""
     found = {}
-    for corpus, label in (("caption_text", "captions"), ("text", "text")):
-        stored = "captions" if corpus == "caption_text" else "text"
+    as_trained = "captions" if trained.data.corpus == "captions" else "caption_text"
+    for corpus, label in ((as_trained, "captions"), ("text", "text")):
+        stored = STORED_AS[corpus]
         if "val" not in dataset.manifest["corpora"].get(stored, {}):
             found[label] = {"note": f"no held-out {stored} in dataset '{dataset.manifest['name']}'"}
             continue
         losses = held_out_losses(model, dataset, corpus, trained.data.seq_len, batch_size)
-        found[label] = {"loss": losses["loss_text"], "perplexity": losses["ppl_text"], "targets": losses["targets_text"]}
+        found[label] = {"loss": losses["loss_text"], "perplexity": losses["ppl_text"],
+                        "targets": losses["targets_text"], "terminator": "<boi>" if corpus == "captions" else "<eos>"}
     return found
 
 

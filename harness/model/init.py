@@ -1,8 +1,10 @@
 """Build a model for a run: random initialisation, or from a pre-trained text LM.
 
 Pre-trained init copies the transformer body and the text rows of the input and output embeddings
-bit for bit, and draws the new rows (image codes, <boi>, <eoi>) explicitly from N(0, std). It never
-mean-resizes: transformers' `resize_token_embeddings` default would make every new row nearly equal.
+bit for bit, and draws the new rows (image codes, <boi>, <eoi>) by the embedding's own random-init
+rule (open_lm: truncated normal, std 1/sqrt(d_model)), so an image row starts as it would in the
+random-init arm. It never mean-resizes: transformers' `resize_token_embeddings` default would make
+every new row nearly equal.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
+from torch import nn
 
 from harness.config.schema import RunConfig
 from harness.data.vocab import VocabLayout
-from harness.model.open_lm import Architecture, OpenLM
+from harness.model.open_lm import Architecture, OpenLM, init_std
 
 VOCAB_PARAMS = ("tok_embeddings.weight", "output.weight")
 NEW_ROWS_SEED_OFFSET = 7919  # new-row draws use their own stream, apart from the body's init
@@ -22,14 +25,14 @@ NEW_ROWS_SEED_OFFSET = 7919  # new-row draws use their own stream, apart from th
 def build_model(config: RunConfig, layout: VocabLayout, source: dict | None = None,
                 alignment: dict | None = None) -> OpenLM:
     """The run's model at step 0. `source` is a loaded model file (see train.model_file),
-    `alignment` a loaded alignment (see model.align)."""
+    `alignment` a loaded alignment (see train.align)."""
     arch = Architecture.from_config(config.model, layout.size)
     torch.manual_seed(config.seed)
     model = OpenLM(arch)
     if config.init.strategy in ("pretrained", "aligned"):
         if source is None:
             raise ValueError(f"init.strategy={config.init.strategy} needs a source model")
-        std = config.init.new_row_std if config.init.new_row_std is not None else config.model.init_std
+        std = config.init.new_row_std if config.init.new_row_std is not None else init_std(arch, VOCAB_PARAMS[0])
         copy_pretrained(model, source, layout, std, seed=config.seed + NEW_ROWS_SEED_OFFSET)
     if config.init.strategy == "aligned":
         if alignment is None:
@@ -65,14 +68,20 @@ def copy_pretrained(model: OpenLM, source: dict, layout: VocabLayout, new_row_st
                 tensor[: layout.text_size].copy_(state[name][: layout.text_size])
                 generator = torch.Generator().manual_seed(seed + VOCAB_PARAMS.index(name))
                 new_rows = tensor[layout.text_size:]
-                new_rows.copy_(torch.randn(new_rows.shape, generator=generator) * new_row_std)
+                drawn = torch.empty(new_rows.shape)
+                if model.arch.init == "open_lm":
+                    nn.init.trunc_normal_(drawn, std=new_row_std, a=-3 * new_row_std, b=3 * new_row_std,
+                                          generator=generator)
+                else:
+                    drawn.normal_(std=new_row_std, generator=generator)
+                new_rows.copy_(drawn)
             else:
                 tensor.copy_(state[name])
 
 
 def _check_compatible(arch: Architecture, source: Architecture, layout: VocabLayout) -> None:
     # Only what shapes or computes the function must agree; init and memory settings may differ.
-    free = ("vocab_size", "init_std", "activation_checkpointing", "attention")
+    free = ("vocab_size", "init_std", "init", "activation_checkpointing", "attention")
     mine = {k: v for k, v in asdict(arch).items() if k not in free}
     theirs = {k: v for k, v in asdict(source).items() if k not in free}
     differ = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}

@@ -33,13 +33,14 @@ class Architecture:
     init_std: float
     activation_checkpointing: bool = False
     attention: str = "sdpa"
+    init: str = "open_lm"  # open_lm | normal (see OpenLM.reset_parameters)
 
     @classmethod
     def from_config(cls, config: ModelConfig, vocab_size: int) -> "Architecture":
         hidden = config.ffn_hidden or swiglu_hidden(config.d_model)
         return cls(config.d_model, config.n_layers, config.n_heads, hidden, vocab_size,
                    config.positional, config.norm_eps, config.init_std, config.activation_checkpointing,
-                   config.attention)
+                   config.attention, config.init)
 
 
 # model.attention: which scaled_dot_product_attention kernels may run. `sdpa` lets torch choose;
@@ -149,17 +150,8 @@ class OpenLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) everywhere; residual output projections scaled by 1/sqrt(2 * layers)."""
-        std = self.arch.init_std
         for name, param in self.named_parameters():
-            if name.endswith("norm.weight"):
-                nn.init.ones_(param)
-            elif name.endswith("norm.bias"):
-                nn.init.zeros_(param)
-            elif name.endswith(("out_proj.weight", "w3.weight")):
-                nn.init.normal_(param, std=std / math.sqrt(2 * self.arch.n_layers))
-            else:
-                nn.init.normal_(param, std=std)
+            initialise(param, name, self.arch)
 
     def forward(self, tokens: torch.Tensor, cache: "KVCache | None" = None, positions: torch.Tensor | None = None,
                 key_valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,6 +166,37 @@ class OpenLM(nn.Module):
         for layer in self.layers:
             x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x, step)
         return self.output(self.norm(x))
+
+
+@torch.no_grad()
+def initialise(param: torch.Tensor, name: str, arch: Architecture) -> None:
+    """One parameter at random initialisation: LayerNorms 1 and 0, matrices by the scheme."""
+    if name.endswith("norm.weight"):
+        nn.init.ones_(param)
+    elif name.endswith("norm.bias"):
+        nn.init.zeros_(param)
+    elif arch.init == "open_lm":
+        std = init_std(arch, name)
+        nn.init.trunc_normal_(param, std=std, a=-3 * std, b=3 * std)
+    else:
+        nn.init.normal_(param, std=init_std(arch, name))
+
+
+def init_std(arch: Architecture, name: str) -> float:
+    """The std a parameter is drawn with at random initialisation.
+
+    open_lm (its reset_parameters of Transformer, CustomAttn and Block): truncated normal (+-3 std)
+    with std 1/sqrt(d_model) for the embedding, the output layer, the attention input projection
+    and w12; the residual outputs (attention out_proj, w3) 1/sqrt(fan_in) / sqrt(2 (layer + 1)).
+    normal: the GPT-2 style N(0, init_std), residual outputs scaled by 1/sqrt(2 * n_layers)."""
+    residual = name.endswith(("out_proj.weight", "w3.weight"))
+    if arch.init == "normal":
+        return arch.init_std / math.sqrt(2 * arch.n_layers) if residual else arch.init_std
+    if not residual:
+        return 1.0 / math.sqrt(arch.d_model)
+    fan_in = arch.ffn_hidden if name.endswith("w3.weight") else arch.d_model
+    layer = int(name.split(".")[1])  # layers.<i>.attention.out_proj.weight
+    return 1.0 / math.sqrt(fan_in) / math.sqrt(2 * (layer + 1))
 
 
 class KVCache:

@@ -91,15 +91,16 @@ def train_loss_at(modality: str, fraction: float) -> Metric:
 
 
 def _image_settings(record: Record) -> str | None:
-    """FD values compare only from one extractor, one sample count, one reference set (its file
-    name, not the machine-specific cache directory it lives in) and one way of sampling; the
-    sampling seed is a draw, not a setting."""
+    """FD values compare only from one extractor, one FID mode (clean-fid's; None without an
+    Inception and in evaluations written before the mode was recorded, whose Inception results were
+    labelled "FID" and fed as legacy_tensorflow), one sample count, one reference set (its file name, not the machine-specific cache directory it
+    lives in) and one way of sampling; the sampling seed is a draw, not a setting."""
     found = record.final("image")
     if found is None:
         return None
     sampling = {k: v for k, v in (found.get("sampling") or {}).items() if k != "seed"}
-    return _settings(found, **{k: found.get(k) for k in ("metric", "extractor", "samples", "dataset")},
-                     sampling=sampling, reference=Path(str(found.get("reference"))).name)
+    picked = {k: found.get(k) for k in ("metric", "extractor", "fid_mode", "samples", "dataset")}
+    return _settings(found, **picked, sampling=sampling, reference=Path(str(found.get("reference"))).name)
 
 
 def _image_value(record: Record) -> float | None:
@@ -111,7 +112,7 @@ image_metric = Metric(_image_value, _image_settings)
 
 
 def image_metric_name(records: list[Record]) -> str:
-    """"FID" only where a real Inception computed it; FD (random extractor) otherwise."""
+    """"clean-FID" or "TF-FID" only where a real Inception computed it; FD (random extractor) otherwise."""
     names = sorted({r.final("image")["metric"] for r in records if r.final("image")})
     return " / ".join(names) if names else "FD/FID"
 

@@ -20,8 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from harness.config.identity import LAUNCH_ONLY_SECTIONS
-from harness.rundir import RunDir, RunState, find_runs
-from harness.train.metrics import read_metrics_strict, without_timing
+from harness.rundir import RunDir, RunState, find_runs, read_metrics_strict, without_timing
 
 # libyaml's loader where present: a thousand run configs parse in a fraction of the pure-Python time.
 _YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -21,7 +21,7 @@ def export(run: RunDir, step: int | None = None, target: Path | None = None) -> 
     state = consolidated_state_dict(path)
     target = target or run.checkpoints / f"export-{path.name}"
     return save_model_file(target, state, client["architecture"], client["layout"], client["step"],
-                           client["tokens"])
+                           client["tokens"], client.get("text_tokenizer"))
 
 
 def consolidated_state_dict(path: Path) -> dict[str, torch.Tensor]:

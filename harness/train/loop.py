@@ -29,7 +29,7 @@ from harness.data.stream import EpochOrder, RankStream
 from harness.data.vocab import VocabLayout
 from harness.errors import HarnessError, one_line
 from harness.eval.losses import held_out_losses, write_val_loss
-from harness.model.align import load_alignment
+from harness.train.align import load_alignment
 from harness.model.freeze import FreezePlan, apply_freeze, plan_freeze
 from harness.model.init import build_model
 from harness.rundir import RunDir
@@ -75,7 +75,7 @@ def train(run_dir: Path) -> None:
         _record_model_summary(run, config, model, freeze)
     engine = _engine(model, config, freeze)
     client = {"architecture": dataclasses.asdict(engine.module.arch), "layout": dataclasses.asdict(layout),
-              "zero_stage": config.train.zero_stage}
+              "zero_stage": config.train.zero_stage, "text_tokenizer": dataset.manifest["text_tokenizer"]["sha256"]}
 
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda _msg: None)
     start = checkpoints.resume(engine, run.checkpoints, world, log)
@@ -138,7 +138,8 @@ def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream, layout: Vo
     if rank == 0:
         final = checkpoints.complete(run.checkpoints)[-1]
         model_file.save_model_file(run.checkpoints / "final", consolidated_state_dict(final),
-                                   client["architecture"], client["layout"], train_cfg.steps, tokens_seen)
+                                   client["architecture"], client["layout"], train_cfg.steps, tokens_seen,
+                                   client["text_tokenizer"])
 
 
 def _held_out(run: RunDir, config: RunConfig, engine, dataset, step: int) -> None:
@@ -188,9 +189,12 @@ def _engine(model: torch.nn.Module, config: RunConfig, freeze: FreezePlan):
     import deepspeed
 
     train = config.train
+    # open_lm decays every trainable tensor, LayerNorm gains and biases included (its main.py:
+    # one AdamW group, the no-decay group left empty); only a table with frozen rows is exempt,
+    # since decay would move the rows that freezing must keep.
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trainable if p.ndim >= 2 and not freeze.no_decay(n)]
-    no_decay = [p for n, p in trainable if p.ndim < 2 or freeze.no_decay(n)]
+    decay = [p for n, p in trainable if not freeze.no_decay(n)]
+    no_decay = [p for n, p in trainable if freeze.no_decay(n)]
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     schedule = warmup_cosine(train.steps, train.warmup_steps, train.min_lr_ratio)

@@ -1,6 +1,8 @@
 """Consolidated model files: what `init.source` and evaluation read.
 
-`checkpoints/<name>/model.pt` holds the full state dict, the architecture and the vocabulary layout;
+`checkpoints/<name>/model.pt` holds the full state dict, the architecture (its positional type
+included) and the vocabulary layout, and the sha256 of the text tokenizer its text rows were trained
+with: what the weights assume, checked before a pre-trained init starts from them.
 `checkpoints/<name>/COMPLETE` is written last, so a file without it (a kill mid-write) never counts.
 """
 
@@ -19,7 +21,7 @@ COMPLETE = "COMPLETE"
 
 
 def save_model_file(directory: Path, state_dict: dict[str, torch.Tensor], architecture: dict[str, Any],
-                    layout: dict[str, Any], step: int, tokens: int) -> Path:
+                    layout: dict[str, Any], step: int, tokens: int, text_tokenizer: str | None) -> Path:
     """Write `model.pt` (fp32) and then the COMPLETE marker; returns the model file's path."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / COMPLETE).unlink(missing_ok=True)
@@ -27,6 +29,7 @@ def save_model_file(directory: Path, state_dict: dict[str, torch.Tensor], archit
         "state_dict": {k: v.detach().float().cpu() for k, v in state_dict.items()},
         "architecture": architecture,
         "layout": layout,
+        "text_tokenizer": text_tokenizer,
         "step": step,
         "tokens": tokens,
     }
@@ -52,3 +55,15 @@ def load_model_file(path: Path) -> dict[str, Any]:
     if missing:
         raise HarnessError(f"model file {path} lacks {sorted(missing)}: not written by this harness")
     return payload
+
+
+def recorded_assumptions(path: Path) -> dict[str, Any]:
+    """The positional type and text tokenizer hash a model file records, read without loading its
+    tensors (memory-mapped): cheap enough for submit to check a 1B model's."""
+    path = path / MODEL_FILE if path.is_dir() else path
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise HarnessError(f"model file {path} is unreadable: {type(exc).__name__}: {exc}") from None
+    return {"positional": payload.get("architecture", {}).get("positional"),
+            "text_tokenizer": payload.get("text_tokenizer")}

@@ -1,14 +1,17 @@
 """The MoVQGAN key map against the real key lists of the released 67M and 270M checkpoints, its
-inverse, and reading checkpoint files as they are stored."""
+inverse, layouts other than the released one, and reading checkpoint files as they are stored."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import VQModel
 
-from harness.data.image_tokenizer import MOVQ_VARIANTS
-from harness.data.movq_convert import convert_state_dict, original_key, read_checkpoint, to_original_state_dict
+from harness.data.image_tokenizer import MOVQ_VARIANTS, TINY_DDCONFIG, vqmodel_config
+from harness.data.movq_convert import (
+    convert_key, convert_state_dict, original_key, read_checkpoint, to_original_state_dict,
+)
 from harness.errors import HarnessError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -31,12 +34,28 @@ def target(size: str) -> dict[str, torch.Tensor]:
         return VQModel(**CONFIGS[size]).state_dict()
 
 
+def fixture_config(size: str) -> dict:
+    """VQModel kwargs built from the ddconfig recorded in the key list's own header."""
+    header = (FIXTURES / f"movqgan_{size}_keys.txt").read_text().splitlines()[1]
+    ddconfig, codebook = header.removeprefix("# ddconfig=").split("} ")
+    params = dict(item.split("=") for item in codebook.split())
+    return vqmodel_config(json.loads(ddconfig + "}"), int(params["embed_dim"]), int(params["n_embed"]))
+
+
 @pytest.mark.parametrize("size", ["67M", "270M"])
 def test_every_released_tensor_maps_onto_the_diffusers_model(size):
     original, model = original_keys(size), target(size)
     converted = convert_state_dict(original, model)
     assert set(converted) == set(model) and len(converted) == len(original) == 431
     assert sum(t.numel() for t in converted.values()) == PARAMS[size]
+
+
+@pytest.mark.parametrize("size", ["67M", "270M"])
+def test_the_released_key_list_is_covered_by_the_model_its_recorded_ddconfig_builds(size):
+    assert fixture_config(size) == CONFIGS[size]
+    with torch.device("meta"):
+        model = VQModel(**fixture_config(size)).state_dict()
+    assert set(to_original_state_dict(model)) == set(original_keys(size))
 
 
 def test_decoder_levels_are_reversed_and_attention_convs_become_linear():
@@ -69,7 +88,41 @@ def test_every_diffusers_key_round_trips_through_the_original_name(size):
     model = target(size)
     assert set(convert_state_dict(to_original_state_dict(model), model)) == set(model)
     with pytest.raises(HarnessError, match="VQModel key 'encoder.extra.weight' has no MoVQGAN name"):
-        original_key("encoder.extra.weight")
+        original_key("encoder.extra.weight", 4)
+
+
+def layout(ch_mult: list[int], attn_resolutions: list[int], num_res_blocks: int = 1) -> dict[str, torch.Tensor]:
+    ddconfig = {**TINY_DDCONFIG, "ch_mult": ch_mult, "attn_resolutions": attn_resolutions,
+                "num_res_blocks": num_res_blocks}
+    with torch.device("meta"):
+        return VQModel(**vqmodel_config(ddconfig, embed_dim=4, n_embed=16)).state_dict()
+
+
+@pytest.mark.parametrize("ch_mult, attn_resolutions, num_res_blocks", [
+    ([1, 2], [256], 1),                 # two levels, attention at full resolution
+    ([1, 2, 1, 1], [64], 3),            # attention at an inner level, three resnets
+    ([1, 1, 2, 2, 4], [32, 16], 2),     # five levels (16x downsampling), attention at two
+])
+def test_any_number_of_levels_resnets_and_attention_placement_round_trips(ch_mult, attn_resolutions, num_res_blocks):
+    model = layout(ch_mult, attn_resolutions, num_res_blocks)
+    original = to_original_state_dict(model)
+    assert set(convert_state_dict(original, model)) == set(model)
+    levels = len(ch_mult)
+    # the original's decoder level 0 is the full resolution: diffusers' last up block
+    assert convert_key("decoder.up.0.block.0.conv1.weight", levels) == \
+        f"decoder.up_blocks.{levels - 1}.resnets.0.conv1.weight"
+    attending = {256 // 2**level for level in range(levels)} & set(attn_resolutions)
+    for level in range(levels):
+        attends = 256 // 2**level in attending
+        assert (f"encoder.down.{level}.attn.{num_res_blocks - 1}.q.weight" in original) == attends
+        assert (f"decoder.up.{level}.attn.{num_res_blocks}.q.weight" in original) == attends
+
+
+def test_a_decoder_level_beyond_the_model_fails_naming_the_key():
+    model = layout([1, 2], [])
+    original = {**to_original_state_dict(model), "decoder.up.2.block.0.conv1.bias": torch.empty(32, device="meta")}
+    with pytest.raises(HarnessError, match=r"'decoder.up.2.block.0.conv1.bias' names decoder level 2; the model has 2"):
+        convert_state_dict(original, model)
 
 
 def test_the_102M_layout_has_four_encoder_and_five_decoder_resnets_per_level():

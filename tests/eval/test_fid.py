@@ -1,8 +1,17 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from harness.errors import HarnessError
 from harness.eval import fid
+from harness.results.metrics import image_metric, mixed_settings
+
+# torch.jit is deprecated in recent torch, but the Inception file clean-fid uses is TorchScript.
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
 
 
 def reference_fd(a: np.ndarray, b: np.ndarray) -> float:
@@ -49,3 +58,78 @@ def test_missing_or_mismatched_inception_weights_are_named(tmp_path):
     weights.write_bytes(b"not the network")
     with pytest.raises(HarnessError, match="differs from eval.inception_sha256"):
         fid.inception(weights, "0" * 64)
+
+
+def test_a_complex_root_of_the_covariance_product_stops_with_its_size():
+    # Not covariances (one eigenvalue is negative): (S_a S_b)^(1/2) has 2i on its diagonal, and
+    # dropping it would report a number that is no Fréchet distance.
+    a = fid.Statistics(np.zeros(2), np.eye(2), 10)
+    b = fid.Statistics(np.zeros(2), np.diag([-4.0, 1.0]), 10)
+    with pytest.raises(HarnessError, match=r"imaginary part of up to 2 \(diagonal beyond 0.001\)"):
+        fid.frechet_distance(a, b)
+
+
+class _FakeInception(torch.nn.Module):
+    """The TorchScript file's interface: forward resizes bilinearly to 299x299 and scales to
+    [-1, 1] before `layers`; here `layers` just flattens, so features show what reached them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Flatten()
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return self.layers((x - 128) / 128)
+
+
+@pytest.fixture(scope="module")
+def fake_inception(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("inception") / "inception-2015-12-05.pt"
+    torch.jit.script(_FakeInception()).save(str(path))
+    return path
+
+
+def test_the_mode_names_the_metric_and_is_recorded(fake_inception):
+    clean, legacy = fid.inception(fake_inception, None), fid.inception(fake_inception, None, mode="legacy_tensorflow")
+    assert fid.FID_MODE == "clean" and (clean.metric, clean.fid_mode) == ("clean-FID", "clean")
+    assert (legacy.metric, legacy.fid_mode) == ("TF-FID", "legacy_tensorflow")
+    assert fid.random_extractor().fid_mode is None
+    # The reference cache is keyed by the identity's first 80 characters: the mode must be in them.
+    assert "legacy_tensorflow" in legacy.identity[:80] and "clean" in clean.identity[:80]
+    with pytest.raises(HarnessError, match="FID mode 'legacy_pytorch' is not one of"):
+        fid.inception(fake_inception, None, mode="legacy_pytorch")
+
+
+def test_clean_mode_resizes_with_pil_bicubic_outside_the_network(fake_inception):
+    images = np.random.default_rng(4).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    resized = fid.clean_resize(images)
+    assert resized.shape == (2, 299, 299, 3) and resized.dtype == np.float32
+    assert resized.min() >= 0 and resized.max() <= 255  # bicubic overshoot clipped, as clean-fid does
+    channel = Image.fromarray(images[1, :, :, 2].astype(np.float32)).resize((299, 299), Image.BICUBIC)
+    assert np.allclose(resized[1, :, :, 2], np.asarray(channel).clip(0, 255))
+    clean = fid.inception(fake_inception, None).features(images)
+    expected = (resized.transpose(0, 3, 1, 2).reshape(2, -1) - 128) / 128  # not resized a second time
+    assert np.allclose(clean, expected, atol=1e-5)
+    legacy = fid.inception(fake_inception, None, mode="legacy_tensorflow").features(images)
+    assert legacy.shape == clean.shape and not np.allclose(legacy, clean, atol=1e-2)
+    assert fid.clean_resize(np.full((1, 16, 16, 3), 77, np.uint8)) == pytest.approx(77, abs=1e-3)
+
+
+class _Evaluated:
+    """What the image metric reads of a run: its final eval/image@<step>.json."""
+
+    def __init__(self, image: dict) -> None:
+        self.image = image
+
+    def final(self, name: str) -> dict | None:
+        return self.image if name == "image" else None
+
+
+def test_arms_measured_in_different_fid_modes_are_not_comparable():
+    base = {"metric": "clean-FID", "value": 10.0, "extractor": "inception", "samples": 64, "dataset": "d",
+            "sampling": {"temperature": 1.0, "seed": 0}, "reference": "/cache/ref.npz"}
+    clean, legacy = _Evaluated({**base, "fid_mode": "clean"}), _Evaluated({**base, "fid_mode": "legacy_tensorflow"})
+    assert "fid_mode" in mixed_settings(image_metric, [clean, legacy])
+    # Evaluations written before the mode was recorded read as None, like new random-extractor ones.
+    random = {**base, "metric": "FD (random extractor)", "extractor": "random"}
+    assert mixed_settings(image_metric, [_Evaluated(random), _Evaluated({**random, "fid_mode": None})]) is None

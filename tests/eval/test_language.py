@@ -77,4 +77,9 @@ def test_the_smoke_lm_knows_its_facts_and_the_change_after_t2i_training_is_repor
     after = results["after"]["tasks"]["facts_probe"]
     assert 0 <= after["accuracy"] <= 1 and after["n"] == before["n"]  # reported, whatever it is
     assert results["after"]["perplexity"]["captions"]["perplexity"] > 0
+    # Captions scored as each model was trained: <boi> ends them for the text-to-image model, <eos>
+    # for the text LM; one terminator per caption either way.
+    before_ppl, after_ppl = results["before"]["perplexity"]["captions"], results["after"]["perplexity"]["captions"]
+    assert (before_ppl["terminator"], after_ppl["terminator"]) == ("<eos>", "<boi>")
+    assert before_ppl["targets"] == after_ppl["targets"]
     assert len(results["before"]["prompts"]) >= 1

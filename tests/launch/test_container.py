@@ -15,7 +15,7 @@ from spython.main.parse.parsers import SingularityParser
 from harness.config import compose_runs
 from harness.launch.container import Wrapper, container_name
 from harness.rundir import find_runs
-from harness.train.metrics import read_metrics, without_timing
+from harness.rundir import read_metrics, without_timing
 from tests.conftest import REPO, micro_args, run_cli
 from tests.launch.test_slurm_cluster import job_id, squeue_ids, start_long_runs, wait_until
 

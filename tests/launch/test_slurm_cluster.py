@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.config import load_run_config
 from harness.rundir import find_runs
-from harness.train.metrics import read_metrics, without_timing
+from harness.rundir import read_metrics, without_timing
 from tests.conftest import micro_args, run_cli
 
 SLURM = ("cluster=slurm_ci",)

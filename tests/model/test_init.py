@@ -1,6 +1,7 @@
 """Pre-trained init: text rows and body copied bit for bit, new rows drawn fresh with the set std."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -51,10 +52,13 @@ def test_new_rows_are_distinct_and_have_the_configured_std(config, param):
     assert distances.min() > 0.1
 
 
-def test_new_row_std_defaults_to_the_model_init_std(config):
+def test_new_rows_default_to_the_embeddings_own_random_init_rule(config):
+    """open_lm's embedding rule: truncated normal (+-3 std), std 1/sqrt(d_model); realised 0.9866 std."""
     config = dataclasses.replace(config, init=dataclasses.replace(config.init, new_row_std=None))
     rows = build_model(config, JOINT, source_model(config)).state_dict()["output.weight"][TEXT.size:]
-    assert abs(rows.std().item() - config.model.init_std) < config.model.init_std * 0.03
+    expected = 0.9866 / math.sqrt(config.model.d_model)
+    assert abs(rows.std().item() - expected) < expected * 0.03
+    assert rows.abs().max().item() <= 3 / math.sqrt(config.model.d_model)
 
 
 def test_an_incompatible_source_is_refused(config):

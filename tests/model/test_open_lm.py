@@ -149,3 +149,60 @@ def test_logits_match_an_independent_forward_from_the_raw_tensors(positional, at
     with torch.no_grad():
         expected = reference_forward(model.state_dict(), tokens, n_heads=4, rotary=positional == "rotary")
         torch.testing.assert_close(model(tokens), expected, atol=1e-5, rtol=1e-5)
+
+
+def open_lm_rule(name: str, d_model: int, hidden: int) -> float:
+    """open_lm's reset_parameters, written out again: 1/sqrt(dim) for the embedding, output, in_proj
+    and w12; 1/sqrt(fan_in)/sqrt(2 (layer + 1)) for out_proj (fan_in dim) and w3 (fan_in hidden)."""
+    if name.endswith("out_proj.weight") or name.endswith("w3.weight"):
+        fan_in = hidden if name.endswith("w3.weight") else d_model
+        return 1 / math.sqrt(fan_in) / math.sqrt(2 * (int(name.split(".")[1]) + 1))
+    return 1 / math.sqrt(d_model)
+
+
+TRUNCATED = 0.9866  # the realised std of a +-3 std truncated normal, in units of its std
+
+
+def test_a_fresh_smoke_model_draws_every_tensor_family_by_open_lms_rule():
+    config = compose_runs(["scale=smoke"])[0].config
+    torch.manual_seed(0)
+    model = OpenLM(Architecture.from_config(config.model, 1024 + 1024 + 2))
+    hidden = model.arch.ffn_hidden
+    for name, param in model.named_parameters():
+        if "norm" in name:
+            assert torch.all(param == (1 if name.endswith("weight") else 0)), name
+            continue
+        expected = TRUNCATED * open_lm_rule(name, model.arch.d_model, hidden)
+        assert abs(param.std().item() - expected) < 0.02 * expected, name
+        assert param.abs().max().item() <= 3 * open_lm_rule(name, model.arch.d_model, hidden) + 1e-7, name
+
+
+def test_open_lm_1b_tensors_follow_the_rule_at_their_real_shapes():
+    """The 1B model's every key against the rule (names from the released key list); one tensor per
+    family drawn at its real shape (the whole model would be 5.8 GB of fp32)."""
+    from harness.model.open_lm import init_std, initialise
+
+    config = compose_runs(["scale=paper"])[0].config
+    arch = Architecture.from_config(config.model, 50432 + 16384 + 2)
+    with torch.device("meta"):
+        shapes = {name: p.shape for name, p in OpenLM(arch).named_parameters()}
+    for name in shapes:
+        if "norm" not in name:
+            assert init_std(arch, name) == pytest.approx(open_lm_rule(name, arch.d_model, arch.ffn_hidden)), name
+    torch.manual_seed(0)
+    for name in ("layers.0.attention.in_proj.weight", "layers.0.attention.out_proj.weight",
+                 "layers.23.attention.out_proj.weight", "layers.0.feed_forward.w12.weight",
+                 "layers.23.feed_forward.w3.weight"):
+        param = torch.empty(shapes[name])
+        initialise(param, name, arch)
+        expected = TRUNCATED * open_lm_rule(name, arch.d_model, arch.ffn_hidden)
+        assert abs(param.std().item() - expected) < 0.02 * expected, name
+    # 5x off before: N(0, 0.02) scaled by 1/sqrt(2 * 24) for layer 0's out_proj
+    assert init_std(arch, "layers.0.attention.out_proj.weight") / (0.02 / math.sqrt(48)) > 5
+
+
+def test_the_normal_scheme_stays_selectable():
+    config = compose_runs(["scale=smoke", "model.init=normal", "model.init_std=0.02"])[0].config
+    torch.manual_seed(0)
+    model = OpenLM(Architecture.from_config(config.model, 100))
+    assert abs(model.tok_embeddings.weight.std().item() - 0.02) < 0.02 * 0.03

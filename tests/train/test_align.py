@@ -10,7 +10,7 @@ import torch
 from harness.config import compose_runs
 from harness.data.dataset import open_dataset
 from harness.data.vocab import VocabLayout
-from harness.model.align import align, bag_mean, load_alignment
+from harness.train.align import align, bag_mean, load_alignment
 from harness.model.init import build_model
 from harness.model.open_lm import Architecture, OpenLM
 from harness.train.model_file import save_model_file
@@ -24,7 +24,7 @@ def random_lm(directory: Path, config, layout: VocabLayout) -> Path:
     arch = Architecture.from_config(config.model, layout.size)
     torch.manual_seed(0)
     return save_model_file(directory, OpenLM(arch).state_dict(), dataclasses.asdict(arch),
-                           dataclasses.asdict(layout), 0, 0)
+                           dataclasses.asdict(layout), 0, 0, None)
 
 
 def run_alignment(root: Path, tmp_path: Path, *overrides: str) -> dict:
