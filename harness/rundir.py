@@ -238,13 +238,16 @@ def read_metrics_strict(path: Path) -> tuple[list[dict[str, Any]], int | None]:
     records: list[dict[str, Any]] = []
     if not path.exists():
         return records, None
-    with open(path) as f:
+    with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
+                    record = json.loads(line)
+                except (UnicodeDecodeError, json.JSONDecodeError):
                     return records, number
+                if not isinstance(record, dict):
+                    return records, number
+                records.append(record)
     return records, None
 
 

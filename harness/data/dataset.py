@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from harness.config.schema import DataConfig
-from harness.data import shards, synthetic, text_tokenizer
+from harness.data import portable, shards, synthetic, text_tokenizer
 from harness.data.image_tokenizer import ImageTokenizer, tiny_movq_config
 from harness.data.shards import Sample, ShardReader
 from harness.data.vocab import VocabLayout
@@ -80,7 +80,7 @@ def ensure_dataset(config: DataConfig, data_root: Path, log=print) -> Dataset:
     root = dataset_dir(config, data_root)
     if config.kind == "synthetic" and not (root / shards.MANIFEST).exists():
         log(f"building synthetic dataset '{config.name}' at {root} (once; cached)")
-        build_synthetic(config, root)
+        build_synthetic(config, root, log)
     dataset = open_dataset(config, data_root)
     verify_shards(dataset)
     return dataset
@@ -130,7 +130,7 @@ def restore_command(config: DataConfig) -> str:
             f"then `harness submit experiment=tokenize data={config.name}`")
 
 
-def build_synthetic(config: DataConfig, root: Path) -> None:
+def build_synthetic(config: DataConfig, root: Path, log=print) -> None:
     """Build into a temporary sibling and rename, so a half-built dataset is never opened."""
     staging = root.with_name(f"{root.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -143,6 +143,9 @@ def build_synthetic(config: DataConfig, root: Path) -> None:
     for split, count in (("train", config.n_train), ("val", config.n_val)):
         samples = _caption_samples(config, split, count, tokenizer, image_tokenizer)
         corpora["captions"][split] = shards.write_shards(samples, staging / "captions", split, config.shard_size)
+    if image_tokenizer.near_boundary:  # see portable.py: the only latents another CPU could round otherwise
+        log(f"warning: {image_tokenizer.near_boundary} latent value(s) lie within {portable.NEAR:g} of a rounding "
+            "boundary: this build may differ in those codes on another CPU")
     for split, count in (("train", config.n_text_train), ("val", config.n_text_val)):
         samples = _text_samples(config, split, count, tokenizer)
         corpora["text"][split] = shards.write_shards(samples, staging / "text", split, config.shard_size)

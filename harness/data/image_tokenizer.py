@@ -256,7 +256,7 @@ def nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor
 
 ENCODING_FILE = "encoding.json"
 FP32 = "fp32 (TF32 off), as the original MoVQGAN"
-PORTABLE_BATCH = 8  # ATen's float64 im2col convolution: 1.6x faster than at 128 on a 2-core CPU
+PORTABLE_BATCH = 8  # float64 (im2col) convolutions run fastest in small batches: 1.6x faster than 128 on 2 cores
 
 
 class ImageTokenizer:
@@ -269,6 +269,7 @@ class ImageTokenizer:
         self.weights = weights
         self.encoding = encoding
         self._encoder64: torch.nn.Module | None = None  # the float64 encoder of the portable path
+        self.near_boundary = 0  # portable latents encoded so far within portable.NEAR of a rounding boundary
 
     # ---- construction ----
 
@@ -316,7 +317,11 @@ class ImageTokenizer:
         """Load a saved tokenizer (diffusers layout: config.json + safetensors, and the encoding it
         was saved with) from a local directory."""
         encoding_file = Path(directory) / ENCODING_FILE
-        encoding = json.loads(encoding_file.read_text())["encoding"] if encoding_file.exists() else FP32
+        try:  # saved by this harness beside every tokenizer it writes; absent: a diffusers directory
+            encoding = json.loads(encoding_file.read_text())["encoding"] if encoding_file.exists() else FP32
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise HarnessError(f"{encoding_file} is unreadable ({type(exc).__name__}): restore the dataset "
+                               "(dvc pull, or delete a synthetic one to rebuild it)") from None
         tokenizer = cls(VQModel.from_pretrained(str(directory), local_files_only=True), weights, encoding)
         return tokenizer.to(device) if device is not None else tokenizer
 
@@ -400,8 +405,9 @@ class ImageTokenizer:
         if self._encoder64 is None:
             self._encoder64 = copy.deepcopy(torch.nn.Sequential(self.model.encoder, self.model.quant_conv)).double()
         x = x.to(self.device, torch.float64)
-        with torch.autocast(self.device.type, enabled=False):  # float64 convolutions run fastest in small batches
+        with torch.autocast(self.device.type, enabled=False):
             latents = torch.cat([self._encoder64(chunk) for chunk in x.split(PORTABLE_BATCH)])
+        self.near_boundary += portable.near_boundaries(latents)
         return portable.to_grid(latents.permute(0, 2, 3, 1).flatten(1, 2), "a latent")
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:

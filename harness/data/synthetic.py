@@ -42,13 +42,13 @@ def captioned_image(index: int, split: str, size: int, seed: int) -> CaptionedIm
     for place in places:
         colour = rng.choice([c for c in COLOURS if c != background])
         shape, size_name = rng.choice(SHAPES), rng.choice(list(SIZES))
-        _draw_shape(draw, shape, PLACES[place], SIZES[size_name] * size / 2 * 1.0, size, COLOURS[colour])
+        draw_shape(draw, shape, PLACES[place], SIZES[size_name] * size / 2 * 1.0, size, COLOURS[colour])
         phrases.append(f"a {size_name} {colour} {shape} at the {place}")
     caption = " and ".join(phrases) + f" on a {background} background"
     return CaptionedImage(f"{split}-{index:08d}", caption, np.asarray(image))
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: tuple[float, float], radius: float,
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: tuple[float, float], radius: float,
                 size: int, colour: tuple[int, int, int]) -> None:
     cx, cy = centre[0] * size, centre[1] * size
     box = (cx - radius, cy - radius, cx + radius, cy + radius)

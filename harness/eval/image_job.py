@@ -28,7 +28,7 @@ from harness.data.image_tokenizer import ImageTokenizer
 from harness.data.shards import Sample
 from harness.data.tokenize import data_path, raw_pixels
 from harness.errors import HarnessError, run_job
-from harness.eval import fid
+from harness.eval import compliance, fid
 from harness.eval.generate import Sampling, generate
 from harness.eval.target import load_model, trained_config
 from harness.eval.losses import held_out_losses, val_positions, write_val_loss
@@ -68,7 +68,10 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     if not _reference_cache(dataset, extractor, settings.samples).exists():
         real = extractor.features(np.stack(list(_real_images(eval_data, [c.sample_id for c in captions],
                                                               dataset.root.parent))))
-    _save_part(out, settings.part, extractor.features(images), real, captions)
+    # The synthetic world's captions can be checked against the images (compliance.py); real ones cannot.
+    checked = (compliance.tally(images, [c.text for c in captions])
+               if dataset.manifest.get("kind") == "synthetic" else None)
+    _save_part(out, settings.part, extractor.features(images), real, captions, checked)
     log(f"part {settings.part}/{settings.parts}: {len(images)} images generated and featurised")
     result = _finalize(out, config, extractor, dataset, target, step, sampling)
     if result is not None:
@@ -105,18 +108,22 @@ def _finalize(out: Path, config: RunConfig, extractor: fid.Extractor, dataset: D
             "sample_seeds": "per sample: sha256(f'{seed}:{global index}'), 63 bits (see eval/generate.py)",
             "image_span": "only image codes are sampled between <boi> and the last code (see eval/generate.py)",
             "clip_score": _clip_score(config, out / "samples", texts),
+            "compliance": (compliance.summarise(np.concatenate([part["compliance"] for part in loaded]))
+                           if all("compliance" in part for part in loaded) else None),
             "file": str(result_path), "written": utc_now(),
         }
         result_path.write_text(json.dumps(result, indent=1) + "\n")
         return result
 
 
-def _save_part(out: Path, part: int, fake: np.ndarray, real: np.ndarray | None, captions: list[Sample]) -> None:
+def _save_part(out: Path, part: int, fake: np.ndarray, real: np.ndarray | None, captions: list[Sample],
+               checked: np.ndarray | None) -> None:
     directory = out / "parts"
     directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f"{part:03d}.partial.npz"
     arrays = {"fake": fake, "captions": np.array([c.text for c in captions])}
-    np.savez(partial, **arrays, **({"real": real} if real is not None else {}))
+    optional = {"real": real, "compliance": checked}
+    np.savez(partial, **arrays, **{k: v for k, v in optional.items() if v is not None})
     partial.replace(directory / f"{part:03d}.npz")
 
 

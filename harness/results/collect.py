@@ -33,6 +33,7 @@ LANGUAGE_TASKS = ("facts_probe", "few_shot_sums")
 class Report:
     text: str
     figures: dict[str, bytes]     # file name under figures/ -> PNG bytes
+    readable: int                 # run directories read (those with an unreadable config.yaml aside)
 
 
 def build(runs_root: Path, link_base: Path) -> Report:
@@ -55,7 +56,7 @@ def build(runs_root: Path, link_base: Path) -> Report:
     text = env.get_template("RESULTS.md.j2").render(
         sections=sections, apart=collection.apart, unreadable=unreadable,
         evaluations=len(collection.evaluations), figures_dir=FIGURES)
-    return Report(text, pictures)
+    return Report(text, pictures, len(records))
 
 
 def render(runs_root: Path, output: Path, link_base: Path | None = None, force: bool = False) -> str:
@@ -65,12 +66,13 @@ def render(runs_root: Path, output: Path, link_base: Path | None = None, force: 
     (unless forced): a typo must not replace the committed results with an empty report."""
     if not runs_root.is_dir():
         raise HarnessError(f"runs root {runs_root} does not exist (--runs-root or paths.runs_root)")
-    if not find_runs(runs_root) and output.exists() and not force:
-        raise HarnessError(f"no runs under {runs_root}; {output} and its figures are left as they are "
-                           "(--force to write an empty report)")
     report = build(runs_root, link_base or output.parent)
     directory = output.parent / FIGURES
-    for stale in (p for pattern in figures.PATTERNS for p in directory.glob(pattern)):
+    drawn_before = [p for pattern in figures.PATTERNS for p in directory.glob(pattern)]
+    if not report.readable and (output.exists() or drawn_before) and not force:
+        raise HarnessError(f"no readable runs under {runs_root}; {output} and {directory} are left as they are "
+                           "(--force to write an empty report)")
+    for stale in drawn_before:
         if stale.name not in report.figures:
             stale.unlink()
     if report.figures:

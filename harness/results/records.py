@@ -153,10 +153,13 @@ def _json_file(path: Path, problems: list[str]) -> Any:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        found = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        found = None
+    if not isinstance(found, dict):  # cut, corrupt, or not an object: the numbers cannot be trusted
         problems.append(f"unreadable {path.parent.name + '/' if path.parent.name == 'eval' else ''}{path.name}")
         return None
+    return found
 
 
 def _state(run: RunDir, provenance: dict[str, Any]) -> str:

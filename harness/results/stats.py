@@ -55,31 +55,32 @@ def interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.90) -
     return float(x[0] - high), float(x[0] - low)
 
 
-def seeds_needed(a: Sequence[float], b: Sequence[float], bound: float, alpha: float, power: float) -> int | None:
-    """Runs per arm for a one-sided test of Δ against `bound` to reach `power`, if the difference and
-    the seed spread stay as observed; None where no number would do (Δ on the bound, or no spread
-    to extrapolate from)."""
+def seeds_needed(a: Sequence[float], b: Sequence[float], bounds: Sequence[float], alpha: float,
+                 power: float) -> int | None:
+    """Runs per arm for the one-sided tests of Δ against each of `bounds` to pass together with
+    `power` (one bound: a one-sided test; two: TOST, whose power is at least the sum of the two
+    tests' powers less one), if the difference and the seed spread stay as observed. None where
+    no number would do (Δ on a bound, or no spread to extrapolate from)."""
     x, y = np.asarray(a, float), np.asarray(b, float)
-    distance = abs(float(x.mean() - y.mean()) - bound)
+    difference = float(x.mean() - y.mean())
     if len(x) >= 2 and len(y) >= 2:
         sd, solver = math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2), TTestIndPower()
     else:
         many = x if len(x) >= 2 else y
         sd, solver = (float(many.std(ddof=1)) if len(many) >= 2 else 0.0), TTestPower()
-    if sd == 0 or distance == 0:
-        return None
-    effect = distance / sd
-    if not _powered(solver, effect, MAX_SEEDS, alpha, power):
+    effects = [abs(difference - bound) / sd for bound in bounds] if sd else []
+    if not effects or min(effects) == 0 or not _powered(solver, effects, MAX_SEEDS, alpha, power):
         return None
     low, high = 2, MAX_SEEDS  # the smallest n with enough power (power grows with n)
     while low < high:
         middle = (low + high) // 2
-        low, high = (low, middle) if _powered(solver, effect, middle, alpha, power) else (middle + 1, high)
+        low, high = (low, middle) if _powered(solver, effects, middle, alpha, power) else (middle + 1, high)
     return low
 
 
-def _powered(solver, effect: float, n: int, alpha: float, power: float) -> bool:
-    return float(solver.power(effect, n, alpha, alternative="larger")) >= power
+def _powered(solver, effects: list[float], n: int, alpha: float, power: float) -> bool:
+    each = [float(solver.power(effect, n, alpha, alternative="larger")) for effect in effects]
+    return sum(each) - (len(each) - 1) >= power
 
 
 def one_sample_p(values: Sequence[float], bound: float, alternative: str) -> float:

@@ -65,5 +65,6 @@ def recorded_assumptions(path: Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise HarnessError(f"model file {path} is unreadable: {type(exc).__name__}: {exc}") from None
-    return {"positional": payload.get("architecture", {}).get("positional"),
-            "text_tokenizer": payload.get("text_tokenizer")}
+    if not isinstance(payload, dict) or not isinstance(payload.get("architecture"), dict):
+        raise HarnessError(f"model file {path} holds no architecture: not written by this harness")
+    return {"positional": payload["architecture"].get("positional"), "text_tokenizer": payload.get("text_tokenizer")}

@@ -32,6 +32,10 @@ def test_the_image_evaluation_runs_at_smoke_scale_through_submit(tmp_path, smoke
     assert result["metric"] == "FD (random extractor)" and result["samples"] == 24 and result["value"] > 0
     assert "fid_mode" in result and result["fid_mode"] is None  # recorded: no Inception, no FID mode
     assert "random" in result["image_tokenizer"] and result["clip_score"]["value"] is None
+    # Synthetic captions are checked against the generated images, over both parts' samples.
+    compliance = result["compliance"]
+    assert compliance["n"] == 24 and 0 <= compliance["whole_caption"] <= 1
+    assert set(compliance["attributes"]) == {"background", "colour", "shape", "size"}
     assert len(list((run_dir / "eval" / "image@20" / "samples").glob("*.png"))) == 2  # one grid per part
     losses = json.loads((run_dir / "eval" / "val_loss@20.json").read_text())
     assert losses["ppl_image"] == pytest.approx(2.718281828 ** losses["loss_image"])

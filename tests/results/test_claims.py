@@ -52,7 +52,7 @@ def test_one_seed_per_arm_is_not_enough(tmp_path):
 
 
 @pytest.mark.parametrize("before, after, verdict", [(0.9, 0.3, HOLDS), (0.9, 0.8, DOES_NOT_HOLD),
-                                                    (0.36, 0.34, INCONCLUSIVE),  # no drop shown
+                                                    (0.36, 0.34, DOES_NOT_HOLD),  # a small drop, shown
                                                     (0.3, 0.25, INCONCLUSIVE)])  # never knew it
 def test_forgetting_needs_knowledge_before_a_drop_and_chance_after(tmp_path, before, after, verdict):
     write_run(tmp_path, "pretrain_text", 0, language={0: before})

@@ -100,7 +100,7 @@ def test_a_runs_root_with_no_runs_never_replaces_a_report_or_its_figures(tmp_pat
     (tmp_path / "RESULTS.md").write_text("kept\n")
     args = ("collect", "--runs-root", str(tmp_path / "runs"), "--output", str(tmp_path / "RESULTS.md"))
     result = run_cli(*args)
-    assert result.returncode == 2 and "no runs under" in result.stderr and "--force" in result.stderr
+    assert result.returncode == 2 and "no readable runs under" in result.stderr and "--force" in result.stderr
     assert (tmp_path / "RESULTS.md").read_text() == "kept\n"
     assert (tmp_path / FIGURES / "loss_curves_smoke.png").read_bytes() == b"png"
     assert run_cli(*args, "--force").returncode == 0
@@ -176,3 +176,13 @@ def test_inflating_an_arms_seed_spread_never_turns_a_verdict_into_holds(tmp_path
     assert after != before or all(v != HOLDS for v in before.values())
     for claim, verdict in after.items():
         assert verdict != HOLDS or before[claim] == HOLDS, claim
+
+
+def test_no_readable_runs_never_remove_committed_figures_even_for_a_new_output(tmp_path):
+    (tmp_path / "runs" / "random_init" / "0123456789").mkdir(parents=True)
+    (tmp_path / "runs" / "random_init" / "0123456789" / "config.yaml").write_text("experiment: [unclosed\n")
+    (tmp_path / FIGURES).mkdir()
+    (tmp_path / FIGURES / "loss_curves_smoke.png").write_bytes(b"png")
+    result = run_cli("collect", "--runs-root", str(tmp_path / "runs"), "--output", str(tmp_path / "NEW.md"))
+    assert result.returncode == 2 and "no readable runs" in result.stderr
+    assert (tmp_path / FIGURES / "loss_curves_smoke.png").exists() and not (tmp_path / "NEW.md").exists()

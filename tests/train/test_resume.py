@@ -12,7 +12,7 @@ import torch
 from harness.model.open_lm import Architecture, OpenLM
 from harness.rundir import find_runs
 from harness.train import checkpoints
-from harness.train.metrics import read_metrics, without_timing
+from harness.rundir import read_metrics, without_timing
 from harness.train.model_file import load_model_file
 from tests.conftest import micro_args, run_cli
 from tests.launch.test_slurm_cluster import wait_until
