@@ -108,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
                              "e.g. data/checkpoints/<name> to version it with DVC")
     export.set_defaults(handler=_export)
 
+    publish = commands.add_parser("publish", help="version a train_tokenizer/train_classifier run's artifact "
+                                  "under harness/artifacts/ (what configs name with its hash)")
+    publish.add_argument("selector", help="experiment/run_id or run id")
+    publish.add_argument("--name", default=None, help="default: tokenizer-<scale> or classifier-<scale>")
+    publish.add_argument("--runs-root", type=Path, default=None)
+    publish.set_defaults(handler=_publish)
+
     estimate = commands.add_parser("estimate", help="parameters, tokens, FLOPs, wall time and GPU-hours of "
                                    "the composed runs, beside the paper's main run; runs nothing")
     estimate.add_argument("overrides", nargs="*", help="e.g. experiment=random_init cluster=a100_8x8")
@@ -243,6 +250,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    from harness.artifacts import publish
+
+    target, record = publish(_one_run(args), args.name)
+    print(f"published {record['run']} -> {target}")
+    print("name it in the configs that use it (jobs/data/<scale>.yaml, jobs/scale/<scale>.yaml):")
+    for key, value in record["config_keys"].items():
+        print(f"  {key}: {value}")
+    return 0
+
+
 def _estimate(args: argparse.Namespace) -> int:
     from harness.estimate import RESULTS_DIR, estimate
 
@@ -259,7 +277,8 @@ def _selftest(args: argparse.Namespace) -> int:
 
 # config.job -> the module whose main(run_dir, error_file) runs one task of that job.
 JOB_MODULES = {"train": "harness.train.loop", "tokenize": "harness.data.tokenize", "align": "harness.train.align",
-               "eval_image": "harness.eval.image_job", "eval_language": "harness.eval.language"}
+               "eval_image": "harness.eval.image_job", "eval_language": "harness.eval.language",
+               "train_tokenizer": "harness.train.tokenizer", "train_classifier": "harness.train.classifier"}
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ writes nothing under the runs root.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,8 @@ def _plan_one(composed: ComposedRun, log, allow_missing_data: bool = False) -> l
     config = _absolute_paths(composed.config)
     if config.job == "tokenize":
         return _plan_tokenize(config, composed.overrides)
+    if config.job in WORLD_JOBS:
+        return _plan_world_job(config, composed.overrides)
     upstream: list[PlannedRun] = []
     source: dict | None = None  # what the init.source weights assume, where it can be known now
     for key in upstream_keys(config):
@@ -179,6 +183,22 @@ def _absolute_paths(config: RunConfig) -> RunConfig:
     paths = dataclasses.replace(config.paths, runs_root=str(Path(config.paths.runs_root).resolve()),
                                 data_root=str(Path(config.paths.data_root).resolve()))
     return dataclasses.replace(config, paths=paths)
+
+
+# Jobs that read the synthetic world's images directly (drawn, not tokenized): the artifacts the
+# datasets and evaluations are built with. Their identity covers the drawing, not a dataset.
+WORLD_JOBS = ("train_tokenizer", "train_classifier")
+WORLD_KEYS = ("name", "image_size", "codebook_size", "seed")
+
+
+def _plan_world_job(config: RunConfig, overrides: tuple[str, ...]) -> list[PlannedRun]:
+    if config.data.kind != "synthetic":
+        raise HarnessError(f"experiment={config.experiment} trains on the synthetic world; data={config.data.name} "
+                           "is not synthetic (paper scale uses the released SBER-MoVQGAN and Inception)")
+    world = {key: getattr(config.data, key) for key in WORLD_KEYS}
+    digest = hashlib.sha256(json.dumps(world, sort_keys=True).encode()).hexdigest()
+    data = {"name": config.data.name, "hash": f"world-{digest[:16]}", "world": world}
+    return _part_runs(_single_process(config), overrides, data)
 
 
 def _plan_tokenize(config: RunConfig, overrides: tuple[str, ...]) -> list[PlannedRun]:

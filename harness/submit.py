@@ -151,7 +151,7 @@ def _launch_local(planned: PlannedRun, force: bool, images: dict) -> tuple[submi
 
 def wait_local(planned: PlannedRun, job: submitit.Job, out: TextIO) -> None:
     """Follow a local run to its end with a progress line; raise RunFailed naming the cause."""
-    run, steps = planned.run, planned.config.train.steps
+    run, steps = planned.run, total_steps(planned.config)
     interactive = out.isatty()
     last_shown = 0.0
     while not job.done():
@@ -189,6 +189,14 @@ def _summary(planned: PlannedRun) -> str:
         if "metric" not in r:
             return r["note"]
         return f"{r['metric']} {_fmt(r['value'])} over {r['samples']} samples of {r['run']} at step {r['step']}"
+    if planned.config.job == "train_tokenizer":
+        r = json.loads((run.path / "eval" / f"reconstruction@{total_steps(planned.config)}.json").read_text())
+        return (f"held-out PSNR {r['psnr']:.2f} dB, oracle attribute accuracy {r['oracle']['attribute_accuracy']:.3f}, "
+                f"codebook usage {r['usage']['share']:.3f}; artifact/ (version it: harness publish {run.name})")
+    if planned.config.job == "train_classifier":
+        r = json.loads((run.path / "eval" / f"classifier@{total_steps(planned.config)}.json").read_text())
+        return (f"held-out accuracy {', '.join(f'{k} {v:.3f}' for k, v in sorted(r['accuracy'].items()))}; "
+                f"artifact/ (version it: harness publish {run.name})")
     records = read_metrics(run.metrics_path)
     final = records[-1] if records else {"step": 0}
     if planned.config.job == "align":
@@ -198,11 +206,22 @@ def _summary(planned: PlannedRun) -> str:
             f"  ({final['step']} steps, {final.get('tokens', 0)} tokens)")
 
 
+def total_steps(config) -> int:
+    if config.job == "train_tokenizer":
+        return config.tokenizer_training.steps
+    if config.job == "train_classifier":
+        return config.classifier_training.steps
+    return config.train.steps
+
+
 def progress_line(run: RunDir, steps: int) -> str:
     records = read_metrics(run.metrics_path)
     if not records:
         return f"{run.name}: starting"
     r = records[-1]
+    if "loss_reconstruction" in r:
+        return (f"{run.name}: step {r['step']}/{steps}  reconstruction {_fmt(r['loss_reconstruction'])}  "
+                f"PSNR {r['psnr_train']:.2f} dB  codes in use {r['codes_in_use']}")
     speed = r.get("timing", {}).get("tokens_per_s")
     return (f"{run.name}: step {r['step']}/{steps}  loss {_fmt(r['loss'])}  text {_fmt(r.get('loss_text'))}"
             f"  image {_fmt(r.get('loss_image'))}  {speed or 0:.0f} tok/s")

@@ -40,7 +40,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.attention": ("sdpa", "flash", "efficient", "math"),
     "model.init": ("open_lm", "normal"),
     "eval.fid_mode": ("clean", "legacy_tensorflow"),
-    "job": ("train", "tokenize", "align", "eval_image", "eval_language"),
+    "job": ("train", "tokenize", "align", "eval_image", "eval_language", "train_tokenizer", "train_classifier"),
     "data.kind": ("synthetic", "prebuilt"),
     "data.raw.source": ("urls", "shapes", "external"),
     "data.tokenizer.image_variant": ("67M", "102M", "270M", "tiny"),

@@ -91,6 +91,11 @@ class DataConfig:
     n_text_val: int = 256
     shard_size: int = 512
     seed: int = 1234
+    # Synthetic data: the trained image tokenizer that encodes the images, a versioned artifact
+    # (a name under harness/artifacts/, made by experiment=train_tokenizer + `harness publish`)
+    # and its fingerprint. Unset: a MoVQ of seeded random weights, labelled as such.
+    image_tokenizer: str = ""
+    image_tokenizer_sha256: str = ""
     raw: RawDataConfig = field(default_factory=RawDataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
@@ -224,6 +229,9 @@ class EvalConfig:
     # <experiment>/<run_id>. Results go into that run's eval/ directory.
     run: Optional[str] = None
     step: int = 0                  # 0: the final model; else a kept checkpoint's step
+    # The run's model before training (step 0, its own random init; random-init runs only),
+    # written as eval/<name>@0.json: what a trained model's image metrics are told apart from.
+    untrained: bool = False
     # Captions and reference images: a data config (coco2014_val at paper scale); null = the
     # trained run's own validation split.
     data: Optional[str] = None
@@ -239,12 +247,16 @@ class EvalConfig:
     seed: int = 0
     grid: int = 16                 # images per saved grid
     # TorchScript Inception (clean-fid's file; relative to paths.data_root) and its sha256. Unset:
-    # a fixed random extractor, reported as "FD (random extractor)", never as FID.
+    # the shapes classifier below, reported as "FD (shapes classifier)", never as FID.
     inception: str = ""
     inception_sha256: str = ""
     # How images reach Inception's 299x299: clean (clean-fid's default, PIL bicubic outside the
     # network; "clean-FID") | legacy_tensorflow (the network's own bilinear resize; "TF-FID").
     fid_mode: str = "clean"
+    # Without Inception: the shapes classifier (a harness/artifacts/ name, made by
+    # experiment=train_classifier) whose features give "FD (shapes classifier)"; its sha256.
+    features: str = ""
+    features_sha256: str = ""
     clip: str = ""                 # a transformers CLIPModel directory; unset: no CLIP score
     # experiment=eval_language: local task files (JSONL; relative to paths.data_root) and prompts
     # answered greedily, recorded as text.
@@ -265,8 +277,34 @@ class TokenizeConfig:
 
 
 @dataclass
+class TokenizerTrainingConfig:
+    """experiment=train_tokenizer: the small scales' MoVQ, trained as a VQ autoencoder."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    beta: float = 0.25          # commitment weight
+    ema_decay: float = 0.99     # of the codebook's running sums
+    restart_after: int = 50     # a code no latent chose for this many steps restarts at one
+    checkpoint_every: int = 100
+    eval_images: int = 512      # held-out round trips: PSNR, codebook usage, oracle accuracy
+
+
+@dataclass
+class ClassifierTrainingConfig:
+    """experiment=train_classifier: the shapes classifier behind "FD (shapes classifier)"."""
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-3
+    eval_images: int = 512
+
+
+@dataclass
 class RunConfig:
-    # train | tokenize | align | eval_image | eval_language: what each task of the run's job does.
+    # train | tokenize | align | eval_image | eval_language | train_tokenizer | train_classifier:
+    # what each task of the run's job does.
     job: str = "train"
     experiment: str = "random_init"
     scale: str = "smoke"
@@ -286,6 +324,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    tokenizer_training: TokenizerTrainingConfig = field(default_factory=TokenizerTrainingConfig)
+    classifier_training: ClassifierTrainingConfig = field(default_factory=ClassifierTrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)

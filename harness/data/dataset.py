@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from harness.config.schema import DataConfig
+from harness import artifacts
 from harness.data import portable, shards, synthetic, text_tokenizer
 from harness.data.image_tokenizer import ImageTokenizer, tiny_movq_config
 from harness.data.shards import Sample, ShardReader
@@ -24,7 +25,7 @@ from harness.data.vocab import VocabLayout
 from harness.errors import HarnessError
 
 BUILDER_KEYS = ("name", "image_size", "codebook_size", "text_vocab_size", "n_train", "n_val",
-                "n_text_train", "n_text_val", "shard_size", "seed")
+                "n_text_train", "n_text_val", "shard_size", "seed", "image_tokenizer", "image_tokenizer_sha256")
 ENCODE_BATCH = 64
 # data.corpus -> the shards it reads. Unconditional image models and caption-only LMs read the
 # caption shards; the first keeps only the image, the second only the caption.
@@ -136,8 +137,7 @@ def build_synthetic(config: DataConfig, root: Path, log=print) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     tokenizer = text_tokenizer.train_bpe(_bpe_corpus(config), config.text_vocab_size, staging / "tokenizer.json")
-    image_tokenizer = ImageTokenizer.random(tiny_movq_config(config.codebook_size), config.seed)
-    image_tokenizer.fit_codebook(_codebook_images(config), config.seed)
+    image_tokenizer = _image_tokenizer(config)
     image_tokenizer.save(staging / "image_tokenizer")
     corpora: dict[str, dict[str, list[dict]]] = {"captions": {}, "text": {}}
     for split, count in (("train", config.n_train), ("val", config.n_val)):
@@ -169,6 +169,31 @@ def build_synthetic(config: DataConfig, root: Path, log=print) -> None:
     })
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)
+
+
+def _image_tokenizer(config: DataConfig) -> ImageTokenizer:
+    """The published trained tokenizer the config names (checked against its fingerprint), or,
+    when none is named, a MoVQ of seeded random weights with a codebook fitted to the data."""
+    if not config.image_tokenizer:
+        tokenizer = ImageTokenizer.random(tiny_movq_config(config.codebook_size), config.seed)
+        tokenizer.fit_codebook(_codebook_images(config), config.seed)
+        return tokenizer
+    path = artifacts.artifact_path(config.image_tokenizer, "data.image_tokenizer")
+    record = artifacts.provenance(path)
+    tokenizer = ImageTokenizer.load(path, f"trained: harness/artifacts/{config.image_tokenizer} "
+                                          f"(published from run {record.get('run')})")
+    problems = []
+    if tokenizer.encoding != portable.DESCRIPTION:
+        problems.append("it does not use the portable encoding the versioned datasets need")
+    if tokenizer.codebook_size != config.codebook_size:
+        problems.append(f"its codebook has {tokenizer.codebook_size} codes, data.codebook_size is {config.codebook_size}")
+    fingerprint = tokenizer.fingerprint()
+    if fingerprint != config.image_tokenizer_sha256:
+        problems.append(f"its fingerprint {fingerprint} differs from data.image_tokenizer_sha256="
+                        f"{config.image_tokenizer_sha256 or '(unset)'}")
+    if problems:
+        raise HarnessError(f"data.image_tokenizer={config.image_tokenizer} ({path}): {'; '.join(problems)}")
+    return tokenizer
 
 
 def _codebook_images(config: DataConfig) -> np.ndarray:

@@ -374,7 +374,7 @@ class ImageTokenizer:
         Portable tokenizers only: the fit is exact integer arithmetic on the latent grid."""
         if self.encoding != portable.DESCRIPTION:
             raise HarnessError("image tokenizer: fit_codebook needs the portable encoding")
-        points = self._grid_latents(_to_unit_range(pixels)).reshape(-1, self.codebook.shape[1])
+        points = self._grid_latents(to_unit_range(pixels)).reshape(-1, self.codebook.shape[1])
         centres = portable.kmeans(points, self.codebook_size, seed, iterations)
         self.codebook.copy_(torch.from_numpy(portable.from_grid(centres)).to(self.codebook))
         self.weights += f"; codebook fitted to the data's latents (exact k-means, seed {seed})"
@@ -414,7 +414,7 @@ class ImageTokenizer:
         """uint8 [B, H, W, 3] -> code ids [B, (H/f) * (W/f)] (int64, CPU) in row-major order."""
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise HarnessError(f"image tokenizer: expected uint8 [B, H, W, 3], got {pixels.dtype} {list(pixels.shape)}")
-        return self.encode_tensor(_to_unit_range(pixels)).cpu().numpy()
+        return self.encode_tensor(to_unit_range(pixels)).cpu().numpy()
 
     # ---- decode ----
 
@@ -447,7 +447,7 @@ class ImageTokenizer:
         return image.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _to_unit_range(pixels: np.ndarray) -> torch.Tensor:
+def to_unit_range(pixels: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 

@@ -1,5 +1,6 @@
-"""Fréchet distance between image feature sets: FID with the Inception network, and "FD (random
-extractor)" at smoke scale, where no Inception weights exist.
+"""Fréchet distance between image feature sets: FID with the Inception network, and "FD (shapes
+classifier)" at the small scales, over the features of a classifier trained on the synthetic world
+(harness/eval/shapes_classifier.py), as FID uses Inception's.
 
 The Inception network is the TorchScript file clean-fid uses (`inception-2015-12-05.pt`), loaded
 with torch.jit.load from a configured local path and checked by sha256; nothing is downloaded and
@@ -21,7 +22,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from scipy import linalg
 
@@ -97,7 +97,7 @@ def _product_root(s_a: np.ndarray, s_b: np.ndarray) -> np.ndarray:
 class Extractor:
     """Images (uint8 [B, H, W, 3]) -> features [B, D], with the name results are labelled by."""
 
-    metric: str                 # "clean-FID", "TF-FID" or "FD (random extractor)"
+    metric: str                 # "clean-FID", "TF-FID" or "FD (shapes classifier)"
     identity: str               # what the cache key and provenance record
     features: Callable[[np.ndarray], np.ndarray]
     fid_mode: str | None = None  # clean-fid's mode (FID_MODE); None: no Inception, no FID mode
@@ -145,21 +145,26 @@ def _resize_channel(channel: np.ndarray) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32).clip(0, 255)
 
 
-def random_extractor(seed: int = 0, dim: int = 64) -> Extractor:
-    """A fixed random conv net: a deterministic feature map for smoke-scale plumbing, never FID."""
-    generator = torch.Generator().manual_seed(seed)
-    kernels = [torch.randn(32, 3, 3, 3, generator=generator) * 0.3,
-               torch.randn(dim, 32, 3, 3, generator=generator) * 0.1]
+def shapes_classifier(path: Path, expected_sha256: str | None, image_size: int) -> Extractor:
+    """The small scales' extractor: the penultimate features of the versioned shapes classifier
+    (harness/eval/shapes_classifier.py), checked by sha256 and by the image size it was trained on."""
+    from safetensors import safe_open
+
+    from harness.eval import shapes_classifier as sc
+
+    model = sc.load(path, expected_sha256)
+    with safe_open(str(path / sc.WEIGHTS), "pt") as handle:
+        trained_on = int((handle.metadata() or {}).get("image_size", 0))
+    if trained_on != image_size:
+        raise HarnessError(f"shapes classifier {path} was trained on {trained_on}px images; these are "
+                           f"{image_size}px (eval.features must name the classifier of this scale)")
 
     @torch.no_grad()
     def features(images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
-        x = F.relu(F.conv2d(x, kernels[0], stride=2))
-        x = F.relu(F.conv2d(x, kernels[1], stride=2))
-        return x.mean((2, 3)).numpy()
+        return model.features(sc.to_input(images)).numpy()
 
-    return Extractor("FD (random extractor)", f"random conv net (seed {seed}, dim {dim})", features)
+    digest = sc.file_sha256(path / sc.WEIGHTS)
+    return Extractor(sc.METRIC, f"shapes classifier {path.name} sha256:{digest}", features)
 
 
 def statistics_of(extractor: Extractor, batches, cache: Path | None = None) -> Statistics:

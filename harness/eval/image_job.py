@@ -2,8 +2,9 @@
 
 For a trained run's checkpoint: held-out losses, images generated from validation captions
 (saved as grids), the Fréchet distance of their features to the real images' (FID with the
-Inception network, "clean-FID" or "TF-FID" by clean-fid's mode, see eval/fid.py; "FD (random
-extractor)" where no Inception weights are configured), and CLIP
+Inception network, "clean-FID" or "TF-FID" by clean-fid's mode, see eval/fid.py; "FD (shapes
+classifier)" over the synthetic world's versioned classifier at the small scales), the caption
+compliance of synthetic images (eval/compliance.py), and CLIP
 score where a local CLIP model is configured. Results go into the trained run's directory:
 `eval/image@<step>.json`, `eval/val_loss@<step>.json` and `eval/image@<step>/samples/`.
 """
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from harness.artifacts import artifact_path
 from harness.config.schema import RunConfig
 from harness.data import raw, synthetic
 from harness.data.dataset import WITH_TEXT, Dataset, open_dataset
@@ -43,7 +45,8 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     eval_data = _eval_data(config, trained)
     dataset = open_dataset(eval_data, data_root)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, step = load_model(target, settings.step, device)
+    model, step = (untrained_model(trained, dataset, device) if settings.untrained
+                   else load_model(target, settings.step, device))
     out = target.path / "eval" / f"image@{step}"
     # The trainer already scored the held-out split at its end (and every eval_every_steps): one
     # file per step, never overwritten by a second computation on other sample counts.
@@ -61,7 +64,7 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     images = _generate_images(model, tokenizer, captions, dataset, sampling, settings.batch_size, first,
                               with_text=trained.data.corpus in WITH_TEXT)
     _save_grids(images, out / "samples", f"part{settings.part:03d}", settings.grid)
-    extractor = _extractor(config, device)
+    extractor = _extractor(config, eval_data.image_size, device)
     # The real images' statistics are cached once per (dataset, extractor, count): read and
     # featurise them only while that cache does not exist.
     real = None
@@ -77,6 +80,17 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     if result is not None:
         log(f"{result['metric']} {result['value']:.3f} over {result['samples']} samples -> {result['file']}")
     return result
+
+
+def untrained_model(trained: RunConfig, dataset: Dataset, device: torch.device):
+    """The trained run's model at step 0 (its own seeded random init): the reference an image
+    metric must tell a trained model from. Only a random-init run has one without its sources."""
+    if trained.init.strategy != "random":
+        raise HarnessError(f"eval.untrained: {trained.experiment} starts from init.strategy="
+                           f"{trained.init.strategy}; evaluate a random-init run's step 0")
+    from harness.model.init import build_model
+
+    return build_model(trained, dataset.layout(trained.data.corpus)).to(device).eval(), 0
 
 
 def _finalize(out: Path, config: RunConfig, extractor: fid.Extractor, dataset: Dataset, target: RunDir,
@@ -197,11 +211,15 @@ def _save_grids(images: np.ndarray, directory: Path, prefix: str, per_grid: int)
         np.save(directory / f"{prefix}-images{number:03d}.npy", chunk)
 
 
-def _extractor(config: RunConfig, device: torch.device) -> fid.Extractor:
+def _extractor(config: RunConfig, image_size: int, device: torch.device) -> fid.Extractor:
     if config.eval.inception:
         return fid.inception(data_path(config.eval.inception, Path(config.paths.data_root)),
                              config.eval.inception_sha256, str(device), mode=config.eval.fid_mode)
-    return fid.random_extractor()  # fixed: FD values stay comparable across sampling seeds
+    if config.eval.features:
+        return fid.shapes_classifier(artifact_path(config.eval.features, "eval.features"),
+                                     config.eval.features_sha256, image_size)
+    raise HarnessError("no feature extractor for the Fréchet distance: set eval.inception (Inception, real "
+                       "images) or eval.features (the shapes classifier, synthetic images)")
 
 
 def _clip_score(config: RunConfig, samples: Path, texts: list[str]) -> dict:

@@ -103,8 +103,11 @@ def _section(collection: Collection, scale: str, verdicts: list[Verdict]) -> tup
     grid = figures.sample_grids(samples_arms, scale, random_tokenizer)
     if grid:
         drawn[f"samples_{scale}.png"] = grid
+    world = _small_world(collection, scale, inits)
+    if world and world["grid"]:
+        drawn[world["grid"]] = world.pop("grid_png")
     section = {
-        "scale": scale, "verdicts": verdicts,
+        "scale": scale, "verdicts": verdicts, "world": world,
         "image_metric": metrics.image_metric_name([r for a in inits + present(arms.UNCONDITIONAL) for r in a.runs]),
         "main": [_main_row(a) for a in inits],
         "curves": f"loss_curves_{scale}.png" if curves else None,
@@ -122,6 +125,50 @@ def _section(collection: Collection, scale: str, verdicts: list[Verdict]) -> tup
     return section, drawn
 
 
+def _small_world(collection: Collection, scale: str, inits: list[Arm]) -> dict[str, Any] | None:
+    """The synthetic world's instruments: the trained image tokenizer (held-out round trips), the
+    shapes classifier behind FD, whether these runs reproduced the published copies the datasets
+    and FD used, the untrained reference, and the caption loss at the first step."""
+    tokenizers = collection.arm(scale, "train_tokenizer")
+    classifiers = collection.arm(scale, "train_classifier")
+    if tokenizers is None and classifiers is None:
+        return None
+    trained = [r for a in inits for r in a.runs]
+    used_tokenizers = {r.provenance.get("data", {}).get("image_tokenizer") for r in trained} - {None}
+    extractors = {str((r.final("image") or {}).get("extractor")) for r in trained}
+    tokenizer_rows, grid, grid_png = [], None, None
+    for record in (tokenizers.runs if tokenizers else []):
+        report = record.final("reconstruction") or {}
+        tokenizer_rows.append({"run": (record.name, record.link), "report": report,
+                               "steps": record.final_step,
+                               "used": report.get("fingerprint") in used_tokenizers if used_tokenizers else None})
+        png = record.run.path / "eval" / f"reconstruction@{record.final_step}.png"
+        if grid is None and png.exists():
+            grid, grid_png = f"reconstruction_{scale}.png", png.read_bytes()
+    classifier_rows = []
+    for record in (classifiers.runs if classifiers else []):
+        report = record.final("classifier") or {}
+        used = any(f"sha256:{report.get('sha256')}" in e for e in extractors) if trained else None
+        classifier_rows.append({"run": (record.name, record.link), "report": report, "steps": record.final_step,
+                                "used": used})
+    untrained = collection.arm(scale, "random_init")
+    reference = [r.at_steps("image").get(0) for r in (untrained.runs if untrained else [])]
+    reference = [r for r in reference if r]
+    return {"tokenizers": tokenizer_rows, "classifiers": classifier_rows, "grid": grid, "grid_png": grid_png,
+            "untrained": {"fd": mean_std([r["value"] for r in reference]),
+                          "compliance": mean_std([(r.get("compliance") or {}).get("whole_caption") for r in reference
+                                                  if r.get("compliance")]),
+                          "n": len(reference), "metric": reference[0]["metric"] if reference else None},
+            "first_step": [{"arm": a.name, **_first_step_losses(a)} for a in inits]}
+
+
+def _first_step_losses(arm: Arm) -> dict[str, Any]:
+    """Mean training caption loss at the first logged step (step 1) over the arm's seeds."""
+    values = [r.metrics[0].get("loss_text") for r in arm.runs if r.metrics and r.metrics[0].get("step") == 1]
+    mean, std = mean_std([v for v in values if v is not None])
+    return {"loss_text": {"mean": mean, "std": std, "n": len(values), "mixed": False}}
+
+
 def _stat(arm: Arm, metric: metrics.Metric) -> dict[str, Any]:
     if metrics.mixed_settings(metric, arm.runs):
         return {"mean": None, "std": None, "n": 0, "mixed": True}
@@ -137,7 +184,8 @@ def _row(arm: Arm, **columns) -> dict[str, Any]:
 
 def _main_row(arm: Arm) -> dict[str, Any]:
     return {**_row(arm, loss_image=metrics.val_loss("image"), loss_text=metrics.val_loss("text"),
-                   fd=metrics.image_metric, clip=metrics.clip_score),
+                   fd=metrics.image_metric, compliance=metrics.compliance, clip=metrics.clip_score),
+            "compliance_chance": mean_std(arm.values(metrics.compliance_chance))[0],
             "paper_fid": PAPER_FID.get(arm.name, "-")}
 
 

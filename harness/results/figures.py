@@ -12,7 +12,7 @@ import numpy as np
 
 from harness.results.records import Arm, Record
 
-PATTERNS = ("loss_curves_*.png", "samples_*.png")  # the files collect draws (and may remove)
+PATTERNS = ("loss_curves_*.png", "samples_*.png", "reconstruction_*.png")  # the files collect draws (and may remove)
 STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 
 

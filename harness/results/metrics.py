@@ -112,9 +112,27 @@ image_metric = Metric(_image_value, _image_settings)
 
 
 def image_metric_name(records: list[Record]) -> str:
-    """"clean-FID" or "TF-FID" only where a real Inception computed it; FD (random extractor) otherwise."""
+    """"clean-FID" or "TF-FID" only where a real Inception computed it; "FD (shapes classifier)"
+    (or, in evaluations written before issue #19, "FD (random extractor)") otherwise."""
     names = sorted({r.final("image")["metric"] for r in records if r.final("image")})
     return " / ".join(names) if names else "FD/FID"
+
+
+def _compliance_value(record: Record) -> float | None:
+    found = record.final("image")
+    return None if found is None else (found.get("compliance") or {}).get("whole_caption")
+
+
+# Whole-caption compliance of the generated synthetic images (eval/compliance.py).
+compliance = Metric(_compliance_value, _image_settings)
+
+
+def _compliance_chance(record: Record) -> float | None:
+    found = record.final("image")
+    return None if found is None else (found.get("compliance") or {}).get("whole_caption_chance")
+
+
+compliance_chance = Metric(_compliance_chance, _image_settings)
 
 
 def _clip_value(record: Record) -> float | None:
@@ -177,6 +195,8 @@ def named(name: str) -> Metric:
         return image_metric
     if base == "clip_score":
         return clip_score
+    if base == "compliance":
+        return compliance
     if base.startswith("task:"):
         return task_accuracy(base.split(":", 1)[1])
     if base.startswith("chance:"):

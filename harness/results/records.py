@@ -29,6 +29,10 @@ _YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NOT_VARIANT = ("seed", "eval", *LAUNCH_ONLY_SECTIONS)
 
 
+# Jobs whose steps live in their own config section.
+TRAINING_SECTIONS = {"train_tokenizer": "tokenizer_training", "train_classifier": "classifier_training"}
+
+
 @dataclass(frozen=True)
 class Record:
     run: RunDir
@@ -86,6 +90,8 @@ class Record:
     def final_step(self) -> int | None:
         if self.job == "align":
             return self.metrics[-1]["step"] if self.metrics else None
+        if self.job in TRAINING_SECTIONS:
+            return self.config[TRAINING_SECTIONS[self.job]]["steps"] if self.state == RunState.DONE.value else None
         return self.config["train"]["steps"] if self.state == RunState.DONE.value else None
 
     def final(self, name: str) -> dict[str, Any] | None:

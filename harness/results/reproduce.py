@@ -1,6 +1,7 @@
 """`harness reproduce`: every experiment of the paper, in dependency order, then `harness collect`.
 
-Training first (the alignment's shuffled-caption control, then every arm with `seeds` seeds; the
+Training first (at the small scales, the synthetic world's image tokenizer and shapes classifier;
+then the alignment's shuffled-caption control, then every arm with `seeds` seeds; the
 pre-trained LM and the alignment come first as their upstreams), then the evaluations that read the trained runs: image evaluation of
 every image-generating run, language evaluation of the pre-trained LM before image-caption
 training, of the pre-trained runs at every kept checkpoint (the forgetting curve), of the random
@@ -34,14 +35,21 @@ SMALL_CAPTION_LM_SIZES = "micro,smoke"
 # Runs whose language ability is measured, and whether at every kept checkpoint or only at the end.
 LANGUAGE_AT_KEPT_STEPS = ("pretrained",)
 LANGUAGE_AT_END = ("pretrain_text", "random_init", "caption_lm")
+# Runs whose untrained model (step 0) is also evaluated: the reference FD and compliance must
+# clearly separate a trained model from.
+UNTRAINED_REFERENCE = ("random_init",)
 
 
-def training_stages(scale: str, seeds: int) -> list[list[str]]:
+def training_stages(scale: str, seeds: int, synthetic: bool = False) -> list[list[str]]:
     seed = f"seed={','.join(str(s) for s in range(seeds))}"
     sizes = CAPTION_LM_SIZES.get(scale, SMALL_CAPTION_LM_SIZES)
+    # The synthetic world's own artifacts first: its image tokenizer and shapes classifier. The
+    # datasets and FD use their published copies (harness/artifacts/, named with their hashes);
+    # RESULTS.md says whether these runs reproduced them bit for bit.
+    world = [["experiment=train_tokenizer"], ["experiment=train_classifier"]] if synthetic else []
     # The pre-trained LM and the alignment are not stages of their own: they are submitted as the
     # upstreams of the runs that start from them, resolved exactly as those runs resolve them.
-    return [["experiment=align", "align.shuffle_captions=true"],
+    return [*world, ["experiment=align", "align.shuffle_captions=true"],
             *[[f"experiment={group}", seed] for group in ARMS],
             ["experiment=caption_lm", f"model={sizes}", seed]]
 
@@ -55,7 +63,7 @@ def reproduce(overrides: list[str], seeds: int = 3, output: Path = Path("RESULTS
     config = compose_runs([*overrides, "experiment=random_init"])[0].config
     failures: list[str] = []
     trained: dict[Path, RunDir] = {}
-    for stage in training_stages(config.scale, seeds):
+    for stage in training_stages(config.scale, seeds, synthetic=config.data.kind == "synthetic"):
         for run in _submit_stage(submit, [*stage, *overrides], out, failures):
             trained.setdefault(run.path, run)
     if config.launch.executor != "local":
@@ -82,6 +90,8 @@ def evaluation_stages(runs: list[RunDir]) -> list[list[str]]:
             continue
         if config.data.corpus in WITH_IMAGES:
             stages.append(["experiment=eval_image", f"run={run.name}"])
+            if config.experiment in UNTRAINED_REFERENCE and config.data.kind == "synthetic":
+                stages.append(["experiment=eval_image", f"run={run.name}", "eval.untrained=true"])
         if config.experiment in LANGUAGE_AT_KEPT_STEPS:
             stages += [["experiment=eval_language", f"run={run.name}", f"step={step}"] for step in kept_steps(run)]
         if config.experiment in LANGUAGE_AT_KEPT_STEPS + LANGUAGE_AT_END:
