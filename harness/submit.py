@@ -221,7 +221,9 @@ def progress_line(run: RunDir, steps: int) -> str:
     r = records[-1]
     if "loss_reconstruction" in r:
         return (f"{run.name}: step {r['step']}/{steps}  reconstruction {_fmt(r['loss_reconstruction'])}  "
-                f"PSNR {r['psnr_train']:.2f} dB  codes in use {r['codes_in_use']}")
+                f"PSNR {r['psnr_train']:.2f} dB  codes restarted {r['restarts']}")
+    if "loss_text" not in r and "loss_image" not in r:
+        return f"{run.name}: step {r['step']}/{steps}  loss {_fmt(r['loss'])}"
     speed = r.get("timing", {}).get("tokens_per_s")
     return (f"{run.name}: step {r['step']}/{steps}  loss {_fmt(r['loss'])}  text {_fmt(r.get('loss_text'))}"
             f"  image {_fmt(r.get('loss_image'))}  {speed or 0:.0f} tok/s")

@@ -38,7 +38,7 @@ def test_provenance_records_world_size_data_and_the_attempt(micro_run):
     _, run_dir, _ = micro_run
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["world_size"] == 2
-    assert len(provenance["data"]["hash"]) == 64 and "random" in provenance["data"]["image_tokenizer_weights"]
+    assert len(provenance["data"]["hash"]) == 64 and "trained: harness/artifacts/tokenizer-micro" in provenance["data"]["image_tokenizer_weights"]
     assert {"torch", "deepspeed", "submitit"} <= set(provenance["packages"])
     (attempt,) = provenance["attempts"]
     assert attempt["exit_reason"] == "completed" and attempt["job_id"] and attempt["nodes"]

@@ -15,7 +15,8 @@ TRAINING = ["random_init", "pretrained", "pretrained_aligned", "freeze_embedding
 
 
 def test_the_catalogue_is_complete():
-    assert sorted([*TRAINING, "tokenize", "eval_image", "eval_language"]) == list_experiments()
+    assert sorted([*TRAINING, "tokenize", "eval_image", "eval_language", "train_tokenizer",
+                   "train_classifier"]) == list_experiments()
 
 
 def test_every_experiment_runs_at_micro_scale(tmp_path, data_root):

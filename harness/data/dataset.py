@@ -178,6 +178,12 @@ def _image_tokenizer(config: DataConfig) -> ImageTokenizer:
         tokenizer = ImageTokenizer.random(tiny_movq_config(config.codebook_size), config.seed)
         tokenizer.fit_codebook(_codebook_images(config), config.seed)
         return tokenizer
+    return published_image_tokenizer(config)
+
+
+def published_image_tokenizer(config: DataConfig) -> ImageTokenizer:
+    """The published tokenizer `data.image_tokenizer` names, refused unless its fingerprint is
+    `data.image_tokenizer_sha256`, its codebook `data.codebook_size` and its encoding portable."""
     path = artifacts.artifact_path(config.image_tokenizer, "data.image_tokenizer")
     record = artifacts.provenance(path)
     tokenizer = ImageTokenizer.load(path, f"trained: harness/artifacts/{config.image_tokenizer} "

@@ -322,7 +322,7 @@ class ImageTokenizer:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise HarnessError(f"{encoding_file} is unreadable ({type(exc).__name__}): restore the dataset "
                                "(dvc pull, or delete a synthetic one to rebuild it)") from None
-        tokenizer = cls(VQModel.from_pretrained(str(directory), local_files_only=True), weights, encoding)
+        tokenizer = cls(VQModel.from_pretrained(str(directory), local_files_only=True, low_cpu_mem_usage=False), weights, encoding)
         return tokenizer.to(device) if device is not None else tokenizer
 
     def save(self, directory: Path) -> None:

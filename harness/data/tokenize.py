@@ -203,7 +203,11 @@ class Tokenizers:
             raise HarnessError(f"{text_path} has {text.get_vocab_size()} tokens, more than "
                                f"data.text_vocab_size={data.text_vocab_size}")
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        if cfg.image_variant == "tiny":
+        if data.image_tokenizer:  # a tokenizer trained and published by the harness (the small world's)
+            from harness.data.dataset import published_image_tokenizer
+
+            image = published_image_tokenizer(data).to(device)
+        elif cfg.image_variant == "tiny":
             image = ImageTokenizer.random(tiny_movq_config(data.codebook_size), data.seed, device=device)
         else:
             architecture = data_path(cfg.image_config, data_root) if cfg.image_config else cfg.image_variant

@@ -134,11 +134,12 @@ class Trainer:
             self.step += 1
             if self.step % self.config.train.log_every == 0 or self.step == settings.steps:
                 record = {"step": self.step, "loss": loss.item(), **parts, "lr": learning_rate(self.config, self.step - 1),
+                          # codes not awaiting a restart (used, or restarted, within restart_after steps)
                           "codes_in_use": int((self.codebook.idle_steps < settings.restart_after).sum()),
                           "restarts": self.codebook.restarts}
                 metrics.write(record, {"elapsed_s": round(time.time() - started, 2)})
                 log(f"tokenizer step {self.step}/{settings.steps}: loss {record['loss']:.4f}  "
-                    f"train PSNR {parts['psnr_train']:.2f} dB  codes in use {record['codes_in_use']}")
+                    f"train PSNR {parts['psnr_train']:.2f} dB  codes restarted so far {record['restarts']}")
             if stop.check(self.step) and self.step < settings.steps:
                 self.save_state()
                 raise Preempted(f"preempted at step {self.step}")

@@ -38,7 +38,7 @@ def test_a_set_against_itself_is_zero():
 
 
 def test_statistics_are_cached(tmp_path):
-    extractor = fid.random_extractor(seed=3, dim=8)
+    extractor = fid.Extractor("FD (test)", "first pixels", lambda im: im.reshape(len(im), -1)[:, :8].astype(float))
     images = np.random.default_rng(2).integers(0, 255, size=(6, 32, 32, 3), dtype=np.uint8)
     cache = tmp_path / "ref.npz"
     first = fid.statistics_of(extractor, [images[:3], images[3:]], cache)
@@ -47,8 +47,21 @@ def test_statistics_are_cached(tmp_path):
     assert np.array_equal(first.mean, again.mean) and again.count == 6
 
 
-def test_the_random_extractor_is_never_called_fid():
-    assert fid.random_extractor().metric == "FD (random extractor)"
+def test_the_shapes_classifier_is_never_called_fid_and_is_checked(tmp_path):
+    from harness.eval import shapes_classifier as sc
+
+    torch.manual_seed(0)
+    sha = sc.save(sc.ShapesClassifier(), tmp_path / "c", image_size=32)
+    extractor = fid.shapes_classifier(tmp_path / "c", sha, image_size=32)
+    assert extractor.metric == "FD (shapes classifier)" and extractor.fid_mode is None and sha in extractor.identity
+    assert extractor.features(np.zeros((3, 32, 32, 3), np.uint8)).shape == (3, sc.FEATURES)
+    with pytest.raises(HarnessError, match="trained on 32px images; these are 64px"):
+        fid.shapes_classifier(tmp_path / "c", sha, image_size=64)
+    with pytest.raises(HarnessError, match="differs from eval.features_sha256"):
+        fid.shapes_classifier(tmp_path / "c", "0" * 64, image_size=32)
+    (tmp_path / "c" / sc.WEIGHTS).write_bytes(b"cut")
+    with pytest.raises(HarnessError, match="is unreadable"):
+        fid.shapes_classifier(tmp_path / "c", None, image_size=32)
 
 
 def test_missing_or_mismatched_inception_weights_are_named(tmp_path):
@@ -93,7 +106,6 @@ def test_the_mode_names_the_metric_and_is_recorded(fake_inception):
     clean, legacy = fid.inception(fake_inception, None), fid.inception(fake_inception, None, mode="legacy_tensorflow")
     assert fid.FID_MODE == "clean" and (clean.metric, clean.fid_mode) == ("clean-FID", "clean")
     assert (legacy.metric, legacy.fid_mode) == ("TF-FID", "legacy_tensorflow")
-    assert fid.random_extractor().fid_mode is None
     # The reference cache is keyed by the identity's first 80 characters: the mode must be in them.
     assert "legacy_tensorflow" in legacy.identity[:80] and "clean" in clean.identity[:80]
     with pytest.raises(HarnessError, match="FID mode 'legacy_pytorch' is not one of"):

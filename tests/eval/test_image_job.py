@@ -27,11 +27,11 @@ def test_the_image_evaluation_runs_at_smoke_scale_through_submit(tmp_path, smoke
     evaluated = run_cli("submit", "experiment=eval_image", "scale=smoke", f"run=random_init/{run_dir.name}",
                         "step=20", "eval.parts=2", "eval.samples=24", *paths)
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
-    assert "FD (random extractor)" in evaluated.stdout and "FID" not in evaluated.stdout
+    assert "FD (shapes classifier)" in evaluated.stdout and "FID" not in evaluated.stdout
     result = json.loads((run_dir / "eval" / "image@20.json").read_text())
-    assert result["metric"] == "FD (random extractor)" and result["samples"] == 24 and result["value"] > 0
+    assert result["metric"] == "FD (shapes classifier)" and result["samples"] == 24 and result["value"] > 0
     assert "fid_mode" in result and result["fid_mode"] is None  # recorded: no Inception, no FID mode
-    assert "random" in result["image_tokenizer"] and result["clip_score"]["value"] is None
+    assert "tokenizer-smoke" in result["image_tokenizer"] and result["clip_score"]["value"] is None
     # Synthetic captions are checked against the generated images, over both parts' samples.
     compliance = result["compliance"]
     assert compliance["n"] == 24 and 0 <= compliance["whole_caption"] <= 1

@@ -37,9 +37,9 @@ def write_run(root: Path, experiment: str, seed: int, *, scale: str = "smoke", d
                                     "targets_image": val_targets, "provenance": {"dataset": "d" * 64, "split": "val"},
                                     **({"per_sample": {"loss_image": per_sample_image}} if per_sample_image else {})})
     if fd is not None:
-        _eval(path, "image", steps, {"metric": "FD (random extractor)", "value": fd, "samples": fd_samples,
-                                     "extractor": "random conv net (seed 0, dim 64)",
-                                     "reference": f"/cache/fid_reference/ddd-random--{fd_samples}.npz",
+        _eval(path, "image", steps, {"metric": "FD (shapes classifier)", "value": fd, "samples": fd_samples,
+                                     "extractor": "shapes classifier classifier-smoke sha256:ccc",
+                                     "reference": f"/cache/fid_reference/ddd-shapes--{fd_samples}.npz",
                                      "clip_score": {"value": None}})
     for step, accuracy in (language or {}).items():
         tasks = {"facts_probe": {"accuracy": accuracy, "chance": 0.25}}

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from harness.results.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_COMPARABLE, NOT_RUN
+from harness.results.records import collect, read_records
 from harness.results.collect import FIGURES, build
 from tests.conftest import REPO, micro_args, run_cli
 
@@ -28,12 +29,32 @@ def test_results_md_is_what_collect_makes_from_the_committed_outputs():
 def test_the_committed_results_have_numbers_in_every_table_and_a_verdict_for_every_claim():
     text = (REPO / "RESULTS.md").read_text()
     for heading in ("Claims", "Main comparison", "Loss curves", "Unconditional generation", "Freezing",
-                    "Contrastive alignment", "Language forgetting", "Held-out caption perplexity", "Samples"):
+                    "Contrastive alignment", "Language forgetting", "Held-out caption perplexity", "Samples",
+                    "The small world's instruments"):
         assert f"### {heading}" in text, heading
     claims = [line for line in text.splitlines() if line.startswith("| **")]
     outcomes = "holds|does not hold|inconclusive|not run at this scale|not comparable"
-    assert len(claims) == 9 and all(re.search(rf"\*\*({outcomes})\*\* \(.*\) \|$", c) for c in claims)
-    assert "(n=3)" in text and "FD (random extractor)" in text
+    assert len(claims) == 10 and all(re.search(rf"\*\*({outcomes})\*\* \(.*\) \|$", c) for c in claims)
+    assert "(n=3)" in text and "FD (shapes classifier)" in text
+
+
+def test_the_committed_small_world_shows_what_issue_19_asks():
+    """Thresholds written before the reproduction they read (issue #19's "what it must show")."""
+    records, _ = read_records(REPO / COMMITTED, REPO)
+    collection = collect(records)
+    tokenizer = collection.arm("smoke", "train_tokenizer").runs[0].final("reconstruction")
+    assert tokenizer["oracle"]["attribute_accuracy"] >= 0.95 and tokenizer["usage"]["share"] > 0.5
+    random_init, pretrained = collection.arm("smoke", "random_init"), collection.arm("smoke", "pretrained")
+
+    def first_caption_loss(arm):
+        return sum(r.metrics[0]["loss_text"] for r in arm.runs) / len(arm.runs)
+    assert first_caption_loss(pretrained) < first_caption_loss(random_init)
+    for run in random_init.runs:
+        trained, untrained = run.final("image"), run.at_steps("image")[0]
+        assert trained["metric"] == untrained["metric"] == "FD (shapes classifier)"
+        assert untrained["value"] > 3 * trained["value"]  # a wide margin
+        compliance = trained["compliance"]
+        assert compliance["whole_caption"] > 10 * compliance["whole_caption_chance"]
 
 
 def test_removing_a_run_drops_exactly_its_numbers(tmp_path):
@@ -55,21 +76,30 @@ def test_removing_a_run_drops_exactly_its_numbers(tmp_path):
     assert rows(before) - rows(after.text) == {r for r in rows(before) if lm.name in r or seed2.name in r}
 
 
+# The world's artifacts are published; the reproduction trains them again, here only briefly.
+WORLD_SHORT = ("tokenizer_training.steps=4", "tokenizer_training.eval_images=16", "classifier_training.steps=4",
+               "classifier_training.eval_images=16")
+
+
 def test_reproduce_runs_every_experiment_and_its_evaluations_then_collects(tmp_path, data_root):
     runs_root = tmp_path / "runs"
     result = run_cli("reproduce", "--seeds", "1", "--output", str(tmp_path / "RESULTS.md"),
-                     *micro_args(runs_root, data_root, "train.keep_at_tokens=[3000]"), timeout=900)
+                     *micro_args(runs_root, data_root, "train.keep_at_tokens=[3000]", *WORLD_SHORT), timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     experiments = {p.name for p in runs_root.iterdir() if not p.name.startswith(".")}
-    assert experiments == {"pretrain_text", "align", "random_init", "pretrained", "pretrained_aligned",
+    assert experiments == {"train_tokenizer", "train_classifier", "pretrain_text", "align", "random_init", "pretrained", "pretrained_aligned",
                            "freeze_embeddings", "freeze_layernorm", "freeze_ffn", "freeze_layers",
                            "uncond_random_init", "uncond_pretrained", "caption_lm", "eval_image", "eval_language"}
     (pretrained,) = (runs_root / "pretrained").iterdir()
     assert len(list((pretrained / "eval").glob("language@*.json"))) == 2  # the kept checkpoint and the end
     for run in (runs_root / "freeze_ffn").iterdir():  # frozen tensors reach the model file
         assert list((run / "eval").glob("image@*.json"))
+    (random_init,) = (runs_root / "random_init").iterdir()
+    assert (random_init / "eval" / "image@0.json").exists()  # the untrained reference
     text = (tmp_path / "RESULTS.md").read_text()
     assert "Listed apart" not in text and "## Scale: micro" in text
+    assert "### The small world's instruments (micro scale)" in text
+    assert (tmp_path / FIGURES / "reconstruction_micro.png").exists()
     assert (tmp_path / FIGURES / "loss_curves_micro.png").exists()
 
 
