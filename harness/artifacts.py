@@ -27,11 +27,15 @@ PUBLISHED = {
 }
 
 
+def _checked_name(name: str, key: str) -> str:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise HarnessError(f"{key}={name!r}: not an artifact name (a directory under {ROOT})")
+    return name
+
+
 def artifact_path(name: str, key: str) -> Path:
     """The directory of a published artifact; `key` (the config key naming it) goes in errors."""
-    if not name or "/" in name or name.startswith("."):
-        raise HarnessError(f"{key}={name!r}: not an artifact name (a directory under {ROOT})")
-    path = ROOT / name
+    path = ROOT / _checked_name(name, key)
     if not (path / PROVENANCE).is_file():
         known = ", ".join(sorted(p.name for p in ROOT.iterdir() if (p / PROVENANCE).is_file())) if ROOT.is_dir() else ""
         raise HarnessError(f"{key}={name!r}: no published artifact at {path} (published: {known or 'none'}); "
@@ -58,9 +62,14 @@ def publish(run: RunDir, name: str | None = None) -> tuple[Path, dict]:
         raise HarnessError(f"{run.name} is a {config.job} run; publish takes {' or '.join(PUBLISHED)} runs")
     prefix, report_name, keys = PUBLISHED[config.job]
     steps = (config.tokenizer_training if config.job == "train_tokenizer" else config.classifier_training).steps
-    report = json.loads((run.path / "eval" / f"{report_name}@{steps}.json").read_text())
-    digest = report.get("fingerprint") or report["sha256"]
-    name = name or f"{prefix}-{config.scale}"
+    report_path = run.path / "eval" / f"{report_name}@{steps}.json"
+    try:
+        report = json.loads(report_path.read_text())
+        digest = report.get("fingerprint") or report["sha256"]
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise HarnessError(f"{run.name}: its report {report_path} is missing or unreadable "
+                           f"({type(exc).__name__}); resubmit the run with --force") from None
+    name = _checked_name(name or f"{prefix}-{config.scale}", "--name")
     record = {"name": name, "run": run.name, "job": config.job, "scale": config.scale,
               "data": {"name": config.data.name, "image_size": config.data.image_size,
                        "codebook_size": config.data.codebook_size, "seed": config.data.seed},

@@ -198,7 +198,13 @@ def _plan_world_job(config: RunConfig, overrides: tuple[str, ...]) -> list[Plann
     world = {key: getattr(config.data, key) for key in WORLD_KEYS}
     digest = hashlib.sha256(json.dumps(world, sort_keys=True).encode()).hexdigest()
     data = {"name": config.data.name, "hash": f"world-{digest[:16]}", "world": world}
-    return _part_runs(_single_process(config), overrides, data)
+    config = _single_process(config)
+    # Publishing a run names its output in the configs; that must not make the run another one.
+    unpublished = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, image_tokenizer="", image_tokenizer_sha256=""),
+        eval=dataclasses.replace(config.eval, features="", features_sha256=""))
+    run = RunDir.of(Path(config.paths.runs_root), config.experiment, run_id_of(unpublished, data["hash"]))
+    return [PlannedRun(config, overrides, run, data)]
 
 
 def _plan_tokenize(config: RunConfig, overrides: tuple[str, ...]) -> list[PlannedRun]:

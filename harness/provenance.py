@@ -28,10 +28,12 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
 
 
 def code_snapshot_id(root: Path = REPO_ROOT) -> str:
-    """sha256 over the package sources and job configs: what a run executes, dirty or not."""
+    """sha256 over the package (sources, templates, claims, published artifacts) and job configs:
+    what a run executes, dirty or not."""
     digest = hashlib.sha256()
-    files = sorted([*root.joinpath("harness").rglob("*.py"), *root.joinpath("harness").rglob("*.j2"),
-                    *root.joinpath("jobs").rglob("*.yaml")])
+    package = [p for p in root.joinpath("harness").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    files = sorted([*package, *root.joinpath("jobs").rglob("*.yaml")])
     for path in files:
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())

@@ -133,11 +133,11 @@ def restore_command(config: DataConfig) -> str:
 
 def build_synthetic(config: DataConfig, root: Path, log=print) -> None:
     """Build into a temporary sibling and rename, so a half-built dataset is never opened."""
+    image_tokenizer = _image_tokenizer(config)  # a published one is checked before anything is written
     staging = root.with_name(f"{root.name}.building-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     tokenizer = text_tokenizer.train_bpe(_bpe_corpus(config), config.text_vocab_size, staging / "tokenizer.json")
-    image_tokenizer = _image_tokenizer(config)
     image_tokenizer.save(staging / "image_tokenizer")
     corpora: dict[str, dict[str, list[dict]]] = {"captions": {}, "text": {}}
     for split, count in (("train", config.n_train), ("val", config.n_val)):

@@ -45,7 +45,7 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     eval_data = _eval_data(config, trained)
     dataset = open_dataset(eval_data, data_root)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, step = (untrained_model(trained, dataset, device) if settings.untrained
+    model, step = (untrained_model(trained, data_root, settings.step, device) if settings.untrained
                    else load_model(target, settings.step, device))
     out = target.path / "eval" / f"image@{step}"
     # The trainer already scored the held-out split at its end (and every eval_every_steps): one
@@ -82,14 +82,18 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     return result
 
 
-def untrained_model(trained: RunConfig, dataset: Dataset, device: torch.device):
-    """The trained run's model at step 0 (its own seeded random init): the reference an image
-    metric must tell a trained model from. Only a random-init run has one without its sources."""
+def untrained_model(trained: RunConfig, data_root: Path, step: int, device: torch.device):
+    """The trained run's model at step 0 (its own seeded random init, over its own dataset's
+    vocabulary): the reference an image metric must tell a trained model from. Only a random-init
+    run has one without its sources."""
+    if step:
+        raise HarnessError(f"eval.untrained=true evaluates step 0; eval.step={step} contradicts it")
     if trained.init.strategy != "random":
         raise HarnessError(f"eval.untrained: {trained.experiment} starts from init.strategy="
                            f"{trained.init.strategy}; evaluate a random-init run's step 0")
     from harness.model.init import build_model
 
+    dataset = open_dataset(trained.data, data_root)
     return build_model(trained, dataset.layout(trained.data.corpus)).to(device).eval(), 0
 
 

@@ -18,7 +18,6 @@ from harness.errors import HarnessError
 from harness.results import arms, figures, metrics
 from harness.results.claims import Verdict, evaluate_all
 from harness.results.records import Arm, Collection, Record, collect, mean_std, read_records
-from harness.rundir import find_runs
 
 TEMPLATES = Path(__file__).parent / "templates"
 FIGURES = "figures"
@@ -135,10 +134,12 @@ def _small_world(collection: Collection, scale: str, inits: list[Arm]) -> dict[s
         return None
     trained = [r for a in inits for r in a.runs]
     used_tokenizers = {r.provenance.get("data", {}).get("image_tokenizer") for r in trained} - {None}
-    extractors = {str((r.final("image") or {}).get("extractor")) for r in trained}
+    extractors = {e for e in ((r.final("image") or {}).get("extractor") for r in trained) if e}
     tokenizer_rows, grid, grid_png = [], None, None
     for record in (tokenizers.runs if tokenizers else []):
-        report = record.final("reconstruction") or {}
+        report = record.final("reconstruction")
+        if report is None:
+            continue
         tokenizer_rows.append({"run": (record.name, record.link), "report": report,
                                "steps": record.final_step,
                                "used": report.get("fingerprint") in used_tokenizers if used_tokenizers else None})
@@ -147,8 +148,10 @@ def _small_world(collection: Collection, scale: str, inits: list[Arm]) -> dict[s
             grid, grid_png = f"reconstruction_{scale}.png", png.read_bytes()
     classifier_rows = []
     for record in (classifiers.runs if classifiers else []):
-        report = record.final("classifier") or {}
-        used = any(f"sha256:{report.get('sha256')}" in e for e in extractors) if trained else None
+        report = record.final("classifier")
+        if report is None:
+            continue
+        used = any(f"sha256:{report.get('sha256')}" in e for e in extractors) if extractors else None
         classifier_rows.append({"run": (record.name, record.link), "report": report, "steps": record.final_step,
                                 "used": used})
     untrained = collection.arm(scale, "random_init")
@@ -165,7 +168,8 @@ def _small_world(collection: Collection, scale: str, inits: list[Arm]) -> dict[s
 def _first_step_losses(arm: Arm) -> dict[str, Any]:
     """Mean training caption loss at the first logged step (step 1) over the arm's seeds."""
     values = [r.metrics[0].get("loss_text") for r in arm.runs if r.metrics and r.metrics[0].get("step") == 1]
-    mean, std = mean_std([v for v in values if v is not None])
+    values = [v for v in values if v is not None]
+    mean, std = mean_std(values)
     return {"loss_text": {"mean": mean, "std": std, "n": len(values), "mixed": False}}
 
 

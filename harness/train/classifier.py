@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from harness.config.schema import RunConfig
 from harness.data import synthetic
-from harness.errors import run_job
+from harness.errors import HarnessError, run_job
 from harness.eval import shapes_classifier as sc
-from harness.train.metrics import MetricsWriter
+from harness.train.metrics import MetricsWriter, truncate_after
 
 ARTIFACT = "artifact"
 SPLIT = "classifier"
@@ -35,6 +35,10 @@ def batch(config: RunConfig, step: int, size: int, split: str = SPLIT) -> tuple[
 
 def train_classifier(config: RunConfig, run_dir: Path, log=print) -> dict:
     settings = config.classifier_training
+    if settings.steps < 1 or settings.batch_size < 1 or settings.eval_images < 1:
+        raise HarnessError(f"classifier_training: steps, batch_size and eval_images must be >= 1 "
+                           f"(got {settings.steps}, {settings.batch_size}, {settings.eval_images})")
+    truncate_after(run_dir / "metrics.jsonl", 0)  # a new attempt starts over
     torch.manual_seed(config.seed)
     model = sc.ShapesClassifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)

@@ -35,7 +35,7 @@ from diffusers import VQModel
 from harness.config.schema import RunConfig
 from harness.data import portable, synthetic
 from harness.data.image_tokenizer import ImageTokenizer, tiny_movq_config, to_unit_range
-from harness.errors import CHECKPOINTED_EXIT, one_line, run_job
+from harness.errors import CHECKPOINTED_EXIT, HarnessError, one_line, run_job
 from harness.eval import reconstruction
 from harness.train import vq
 from harness.train.metrics import MetricsWriter, truncate_after
@@ -95,7 +95,8 @@ class Trainer:
         os.replace(partial, self.state_path)
 
     def resume(self, log) -> None:
-        if not self.state_path.exists():
+        if not self.state_path.exists():  # a fresh start: an earlier attempt's lines are replayed
+            truncate_after(self.run_dir / "metrics.jsonl", 0)
             self.codebook.seed_from(self._points(training_images(self.config, 0, self.config.tokenizer_training.batch_size)))
             return
         try:
@@ -158,6 +159,10 @@ class Trainer:
 
 
 def train_tokenizer(config: RunConfig, run_dir: Path, log=print) -> dict:
+    settings = config.tokenizer_training
+    if settings.steps < 1 or settings.batch_size < 1 or settings.eval_images < 1:
+        raise HarnessError(f"tokenizer_training: steps, batch_size and eval_images must be >= 1 "
+                           f"(got {settings.steps}, {settings.batch_size}, {settings.eval_images})")
     stop = StopFlag(config.train.preempt_signal)
     trainer = Trainer(config, run_dir)
     trainer.resume(log)

@@ -40,7 +40,9 @@ class EmaCodebook:
 
     @torch.no_grad()
     def seed_from(self, points: torch.Tensor) -> None:
-        """Start every code at a distinct latent of a first batch (no code starts dead)."""
+        """Start the codes at the latents of a first batch, in a seeded order. A batch with fewer
+        latents than codes starts the rest as copies; a copy never wins a tie (the lowest id
+        does), so it waits `restart_after` steps and is then restarted at a latent of its own."""
         chosen = torch.randperm(len(points), generator=self.generator)[: self.weight.shape[0]]
         rows = points[chosen.repeat(-(-self.weight.shape[0] // len(chosen)))[: self.weight.shape[0]]]
         self.weight.copy_(rows)
@@ -67,6 +69,8 @@ class EmaCodebook:
         self._restart_dead(points)
 
     def _restart_dead(self, points: torch.Tensor) -> None:
+        """Each code idle for `restart_after` steps moves to a latent of this batch drawn uniformly
+        (with replacement: two may land on one latent and then part as they are chosen)."""
         dead = (self.idle_steps >= self.restart_after).nonzero().flatten()
         if not len(dead):
             return

@@ -42,6 +42,7 @@ def test_the_committed_small_world_shows_what_issue_19_asks():
     """Thresholds written before the reproduction they read (issue #19's "what it must show")."""
     records, _ = read_records(REPO / COMMITTED, REPO)
     collection = collect(records)
+    assert collection.arm("smoke", "train_tokenizer") is not None, "no train_tokenizer run in results/smoke"
     tokenizer = collection.arm("smoke", "train_tokenizer").runs[0].final("reconstruction")
     assert tokenizer["oracle"]["attribute_accuracy"] >= 0.95 and tokenizer["usage"]["share"] > 0.5
     random_init, pretrained = collection.arm("smoke", "random_init"), collection.arm("smoke", "pretrained")

@@ -14,8 +14,10 @@ from harness.errors import HarnessError
 from harness.rundir import find_runs, read_metrics, without_timing
 from tests.conftest import run_cli
 
+# restart_after=1: dead codes restart (from the saved generator) after the resume too
 SHORT = ("scale=micro", "tokenizer_training.steps=6", "tokenizer_training.checkpoint_every=0",
-         "tokenizer_training.eval_images=16", "tokenizer_training.warmup_steps=2", "train.log_every=2")
+         "tokenizer_training.eval_images=16", "tokenizer_training.warmup_steps=2", "train.log_every=2",
+         "tokenizer_training.restart_after=1")
 
 
 def submit(runs_root, *extra, env=None):
