@@ -327,6 +327,12 @@ class ImageTokenizer:
 
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(str(directory))
+        # diffusers records the directory a model was loaded from: a checkout's own path, which
+        # would make a dataset's bytes depend on where it was built
+        config_file = Path(directory) / "config.json"
+        config = json.loads(config_file.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (Path(directory) / ENCODING_FILE).write_text(json.dumps({"encoding": self.encoding}) + "\n")
 
     def to(self, device: str | torch.device) -> "ImageTokenizer":
