@@ -61,8 +61,7 @@ def publish(run: RunDir, name: str | None = None) -> tuple[Path, dict]:
     if config.job not in PUBLISHED:
         raise HarnessError(f"{run.name} is a {config.job} run; publish takes {' or '.join(PUBLISHED)} runs")
     prefix, report_name, keys = PUBLISHED[config.job]
-    steps = (config.tokenizer_training if config.job == "train_tokenizer" else config.classifier_training).steps
-    report_path = run.path / "eval" / f"{report_name}@{steps}.json"
+    report_path = run.path / "eval" / f"{report_name}@{config.total_steps}.json"
     try:
         report = json.loads(report_path.read_text())
         digest = report.get("fingerprint") or report["sha256"]

@@ -151,7 +151,7 @@ def _launch_local(planned: PlannedRun, force: bool, images: dict) -> tuple[submi
 
 def wait_local(planned: PlannedRun, job: submitit.Job, out: TextIO) -> None:
     """Follow a local run to its end with a progress line; raise RunFailed naming the cause."""
-    run, steps = planned.run, total_steps(planned.config)
+    run, steps = planned.run, planned.config.total_steps
     interactive = out.isatty()
     last_shown = 0.0
     while not job.done():
@@ -190,11 +190,11 @@ def _summary(planned: PlannedRun) -> str:
             return r["note"]
         return f"{r['metric']} {_fmt(r['value'])} over {r['samples']} samples of {r['run']} at step {r['step']}"
     if planned.config.job == "train_tokenizer":
-        r = json.loads((run.path / "eval" / f"reconstruction@{total_steps(planned.config)}.json").read_text())
+        r = json.loads((run.path / "eval" / f"reconstruction@{planned.config.total_steps}.json").read_text())
         return (f"held-out PSNR {r['psnr']:.2f} dB, oracle attribute accuracy {r['oracle']['attribute_accuracy']:.3f}, "
                 f"codebook usage {r['usage']['share']:.3f}; artifact/ (version it: harness publish {run.name})")
     if planned.config.job == "train_classifier":
-        r = json.loads((run.path / "eval" / f"classifier@{total_steps(planned.config)}.json").read_text())
+        r = json.loads((run.path / "eval" / f"classifier@{planned.config.total_steps}.json").read_text())
         return (f"held-out accuracy {', '.join(f'{k} {v:.3f}' for k, v in sorted(r['accuracy'].items()))}; "
                 f"artifact/ (version it: harness publish {run.name})")
     records = read_metrics(run.metrics_path)
@@ -204,14 +204,6 @@ def _summary(planned: PlannedRun) -> str:
                 f"(chance {_fmt(final.get('chance'))}; {final['step']} steps)")
     return (f"final loss_text {_fmt(final.get('loss_text'))}  loss_image {_fmt(final.get('loss_image'))}"
             f"  ({final['step']} steps, {final.get('tokens', 0)} tokens)")
-
-
-def total_steps(config) -> int:
-    if config.job == "train_tokenizer":
-        return config.tokenizer_training.steps
-    if config.job == "train_classifier":
-        return config.classifier_training.steps
-    return config.train.steps
 
 
 def progress_line(run: RunDir, steps: int) -> str:

@@ -301,6 +301,10 @@ class ClassifierTrainingConfig:
     eval_images: int = 512
 
 
+# Jobs whose step count lives in their own config section (every other job: train.steps).
+STEPS_SECTION = {"train_tokenizer": "tokenizer_training", "train_classifier": "classifier_training"}
+
+
 @dataclass
 class RunConfig:
     # train | tokenize | align | eval_image | eval_language | train_tokenizer | train_classifier:
@@ -330,6 +334,10 @@ class RunConfig:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+    @property
+    def total_steps(self) -> int:
+        return getattr(self, STEPS_SECTION.get(self.job, "train")).steps
 
     @property
     def world_size(self) -> int:

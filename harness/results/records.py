@@ -20,6 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from harness.config.identity import LAUNCH_ONLY_SECTIONS
+from harness.config.schema import STEPS_SECTION
 from harness.rundir import RunDir, RunState, find_runs, read_metrics_strict, without_timing
 
 # libyaml's loader where present: a thousand run configs parse in a fraction of the pure-Python time.
@@ -27,10 +28,6 @@ _YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # What arms average over: the seed, and the sections run identity leaves out (launch-only), plus
 # eval settings, which do not change what a training run computes.
 NOT_VARIANT = ("seed", "eval", *LAUNCH_ONLY_SECTIONS)
-
-
-# Jobs whose steps live in their own config section.
-TRAINING_SECTIONS = {"train_tokenizer": "tokenizer_training", "train_classifier": "classifier_training"}
 
 
 @dataclass(frozen=True)
@@ -90,8 +87,8 @@ class Record:
     def final_step(self) -> int | None:
         if self.job == "align":
             return self.metrics[-1]["step"] if self.metrics else None
-        if self.job in TRAINING_SECTIONS:
-            return self.config[TRAINING_SECTIONS[self.job]]["steps"] if self.state == RunState.DONE.value else None
+        if self.job in STEPS_SECTION:
+            return self.config[STEPS_SECTION[self.job]]["steps"] if self.state == RunState.DONE.value else None
         return self.config["train"]["steps"] if self.state == RunState.DONE.value else None
 
     def final(self, name: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from harness.config.schema import RunConfig
 from harness.data import synthetic
 from harness.errors import HarnessError, run_job
+from harness.eval import reconstruction
 from harness.eval import shapes_classifier as sc
 from harness.train.metrics import MetricsWriter, truncate_after
 
@@ -56,8 +57,7 @@ def train_classifier(config: RunConfig, run_dir: Path, log=print) -> dict:
         if (step + 1) % config.train.log_every == 0 or step + 1 == settings.steps:
             metrics.write({"step": step + 1, "loss": loss.item()}, {"elapsed_s": round(time.time() - started, 2)})
     model.eval()
-    held_out = [synthetic.captioned_image(i, "val", config.data.image_size, config.data.seed)
-                for i in range(settings.eval_images)]
+    held_out = reconstruction.held_out(config.data, settings.eval_images)
     accuracy = sc.accuracy(model, np.stack([s.pixels for s in held_out]), [s.caption for s in held_out])
     sha256 = sc.save(model, run_dir / ARTIFACT, config.data.image_size)
     report = {"images": settings.eval_images, "split": "val", "accuracy": accuracy,
