@@ -9,7 +9,7 @@ from harness.config import compose_runs, load_run_config
 from harness.rundir import find_runs
 from tests.conftest import micro_args, run_cli
 
-TRAINING = ["random_init", "pretrained", "pretrained_aligned", "freeze_embeddings", "freeze_layernorm",
+TRAINING = ["random_init", "random_init_long", "pretrained", "pretrained_aligned", "freeze_embeddings", "freeze_layernorm",
             "freeze_ffn", "freeze_layers", "uncond_random_init", "uncond_pretrained", "caption_lm",
             "pretrain_text", "align"]
 

@@ -16,11 +16,14 @@ from harness.config.compose import to_dict
 from harness.config.schema import RunConfig
 
 LAUNCH_ONLY_SECTIONS = ("launch", "container", "paths")
+# Keys whose effect reaches a run only through a key that is itself in the identity (the train.steps
+# of the experiment that interpolates them): leaving them out keeps every other run's id.
+ONLY_THROUGH_OTHER_KEYS = ("random_init_long_steps",)
 ID_LENGTH = 10
 
 
 def identity_of(config: RunConfig, data_hash: str) -> dict[str, Any]:
-    values = {k: v for k, v in to_dict(config).items() if k not in LAUNCH_ONLY_SECTIONS}
+    values = {k: v for k, v in to_dict(config).items() if k not in LAUNCH_ONLY_SECTIONS + ONLY_THROUGH_OTHER_KEYS}
     values["world_size"] = config.world_size
     values["data_hash"] = data_hash
     return values

@@ -319,6 +319,10 @@ class RunConfig:
     # Steps of experiment=pretrain_text (the stand-in for open_lm's 1.6T-token pre-training: it
     # must learn its facts corpus, so it trains longer than the image-caption runs of its scale).
     pretrain_text_steps: int = 600
+    # Steps of experiment=random_init_long: random_init trained long enough to draw what its
+    # captions say, the run that shows the small world's image metrics see content (the arms'
+    # comparisons stay at train.steps). Read only through that experiment's train.steps.
+    random_init_long_steps: int = 2400
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     init: InitConfig = field(default_factory=InitConfig)

@@ -48,6 +48,8 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     model, step = (untrained_model(trained, data_root, settings.step, device) if settings.untrained
                    else load_model(target, settings.step, device))
     out = target.path / "eval" / f"image@{step}"
+    sampling = Sampling(settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, settings.seed)
+    _refuse_other_settings(out.parent / f"image@{step}.json", sampling, settings.samples)
     # The trainer already scored the held-out split at its end (and every eval_every_steps): one
     # file per step, never overwritten by a second computation on other sample counts.
     if settings.part == 0 and not (target.path / "eval" / f"val_loss@{step}.json").exists():
@@ -60,7 +62,6 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     captions = _captions(dataset, eval_data, first, last)
     tokenizer = ImageTokenizer.load(dataset.root / dataset.manifest["image_tokenizer"]["directory"],
                                     dataset.manifest["image_tokenizer"]["weights"], device=device)
-    sampling = Sampling(settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, settings.seed)
     images = _generate_images(model, tokenizer, captions, dataset, sampling, settings.batch_size, first,
                               with_text=trained.data.corpus in WITH_TEXT)
     _save_grids(images, out / "samples", f"part{settings.part:03d}", settings.grid)
@@ -80,6 +81,23 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     if result is not None:
         log(f"{result['metric']} {result['value']:.3f} over {result['samples']} samples -> {result['file']}")
     return result
+
+
+def _refuse_other_settings(result_path: Path, sampling: Sampling, samples: int) -> None:
+    """One result per checkpoint: a second evaluation with other sampling settings or sample count
+    would regenerate the samples beside a result that no longer describes them."""
+    if not result_path.exists():
+        return
+    try:
+        earlier = json.loads(result_path.read_text())
+    except (OSError, ValueError) as error:
+        raise HarnessError(f"{result_path} is unreadable ({error}); move it away to evaluate again") from None
+    wanted = {"sampling": dataclasses.asdict(sampling), "samples": samples}
+    found = {"sampling": earlier.get("sampling"), "samples": earlier.get("samples")}
+    if found != wanted:
+        raise HarnessError(f"{result_path} already holds an evaluation with {found}; this one asks for "
+                           f"{wanted}. Its samples and result are kept: move that file and "
+                           f"{result_path.with_suffix('')}/ away to evaluate this checkpoint again")
 
 
 def untrained_model(trained: RunConfig, data_root: Path, step: int, device: torch.device):

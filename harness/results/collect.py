@@ -155,6 +155,7 @@ def _small_world(collection: Collection, scale: str, inits: list[Arm]) -> dict[s
         classifier_rows.append({"run": (record.name, record.link), "report": report, "steps": record.final_step,
                                 "used": used})
     untrained = collection.arm(scale, "random_init")
+    long_runs = collection.arm(scale, "random_init_long")
     reference = [r.at_steps("image").get(0) for r in (untrained.runs if untrained else [])]
     reference = [r for r in reference if r]
     return {"tokenizers": tokenizer_rows, "classifiers": classifier_rows, "grid": grid, "grid_png": grid_png,
@@ -162,7 +163,17 @@ def _small_world(collection: Collection, scale: str, inits: list[Arm]) -> dict[s
                           "compliance": mean_std([(r.get("compliance") or {}).get("whole_caption") for r in reference
                                                   if r.get("compliance")]),
                           "n": len(reference), "metric": reference[0]["metric"] if reference else None},
-            "first_step": [{"arm": a.name, **_first_step_losses(a)} for a in inits]}
+            "first_step": [{"arm": a.name, **_first_step_losses(a)} for a in inits],
+            "long": [_long_run_row(r) for r in (long_runs.runs if long_runs else [])],
+            "arm_steps": untrained.runs[0].final_step if untrained and untrained.runs else "-"}
+
+
+def _long_run_row(record) -> dict[str, Any]:
+    """A random_init_long run: what its generated images and held-out loss say at its last step."""
+    image = record.final("image") or {}
+    return {"run": (record.name, record.link), "steps": record.final_step, "seed": record.seed,
+            "metric": image.get("metric"), "fd": image.get("value"), "compliance": image.get("compliance"),
+            "loss_image": (record.final("val_loss") or {}).get("loss_image")}
 
 
 def _first_step_losses(arm: Arm) -> dict[str, Any]:

@@ -47,11 +47,13 @@ def training_stages(scale: str, seeds: int, synthetic: bool = False) -> list[lis
     # datasets and FD use their published copies (harness/artifacts/, named with their hashes);
     # RESULTS.md says whether these runs reproduced them bit for bit.
     world = [["experiment=train_tokenizer"], ["experiment=train_classifier"]] if synthetic else []
+    # One random_init trained 16x longer (seed 0): the run whose images show the metrics see content.
+    long_run = [["experiment=random_init_long"]] if synthetic else []
     # The pre-trained LM and the alignment are not stages of their own: they are submitted as the
     # upstreams of the runs that start from them, resolved exactly as those runs resolve them.
     return [*world, ["experiment=align", "align.shuffle_captions=true"],
             *[[f"experiment={group}", seed] for group in ARMS],
-            ["experiment=caption_lm", f"model={sizes}", seed]]
+            ["experiment=caption_lm", f"model={sizes}", seed], *long_run]
 
 
 def reproduce(overrides: list[str], seeds: int = 3, output: Path = Path("RESULTS.md"),

@@ -40,6 +40,15 @@ def test_the_image_evaluation_runs_at_smoke_scale_through_submit(tmp_path, smoke
     losses = json.loads((run_dir / "eval" / "val_loss@20.json").read_text())
     assert losses["ppl_image"] == pytest.approx(2.718281828 ** losses["loss_image"])
 
+    # Other sampling settings on the same checkpoint would regenerate the samples under a result
+    # that no longer describes them: refused, and what was written stays.
+    grids = sorted(p.read_bytes() for p in (run_dir / "eval" / "image@20" / "samples").glob("*.png"))
+    again = run_cli("submit", "experiment=eval_image", "scale=smoke", f"run=random_init/{run_dir.name}",
+                    "step=20", "eval.parts=2", "eval.samples=24", "eval.top_k=4", *paths)
+    assert again.returncode != 0 and "already holds an evaluation" in again.stdout + again.stderr
+    assert json.loads((run_dir / "eval" / "image@20.json").read_text()) == result
+    assert sorted(p.read_bytes() for p in (run_dir / "eval" / "image@20" / "samples").glob("*.png")) == grids
+
 
 def test_an_eval_job_waits_for_its_training_job(tmp_path, data_root):
     result = run_cli("submit", "--dry-run", "experiment=eval_image", "cluster=slurm_ci",
