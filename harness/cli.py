@@ -11,6 +11,7 @@
     harness data raw KEY=VALUE ...                       make raw image-caption shards (download/shapes)
     harness collect [--runs-root DIR] [--output FILE] [--force]   RESULTS.md from run directories
     harness reproduce [--seeds N] KEY=VALUE ...          every experiment, its evaluations, collect
+    harness reproduce --beyond KEY=VALUE ...             the questions beyond the paper instead
     harness estimate KEY=VALUE ...                       tokens/s per GPU, MFU, wall time, GPU-hours
     harness worker RUN_DIR                               (internal) one rank of a run's job
 """
@@ -92,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("overrides", nargs="*", help="e.g. scale=smoke cluster=slurm_ci")
     reproduce.add_argument("--seeds", type=int, default=3, help="seeds per arm (0..N-1)")
     reproduce.add_argument("--output", type=Path, default=Path("RESULTS.md"))
+    reproduce.add_argument("--beyond", action="store_true", help="the questions beyond the paper (text-loss "
+                           "weighting, text mixing, LM sizes) and the arms they compare against")
     reproduce.set_defaults(handler=_reproduce)
 
     data = commands.add_parser("data", help="datasets: build the synthetic ones, make raw shards")
@@ -182,7 +185,7 @@ def _collect(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from harness.results.reproduce import reproduce
 
-    return 1 if reproduce(args.overrides, args.seeds, args.output) else 0
+    return 1 if reproduce(args.overrides, args.seeds, args.output, beyond=args.beyond) else 0
 
 
 def _runs_root(given: Path | None) -> Path:

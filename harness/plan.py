@@ -24,7 +24,8 @@ from harness.train.sources import is_run_reference, resolve_source
 # and on which data and architecture. Seeds and training settings belong to the downstream run.
 INHERITED_GROUPS = ("scale", "model", "data", "cluster")
 INHERITED_PREFIXES = ("model.", "paths.", "launch.", "data.")
-NOT_INHERITED = ("data.corpus",)
+# What the upstream reads is its own: its corpus, and no documents mixed into image-caption training.
+NOT_INHERITED = ("data.corpus", "data.text_mix")
 
 
 @dataclass(frozen=True)

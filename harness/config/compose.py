@@ -8,6 +8,7 @@ the file (or the command line) it came from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import re
@@ -54,6 +55,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "container.runtime": ("none", "apptainer", "docker", "podman"),
 }
 
+# Keys whose value must lie in a range: (low, high, whether low itself is allowed); high excluded.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "train.text_loss_weight": (0.0, float("inf"), False),
+    "data.text_mix": (0.0, 1.0, True),
+}
+
 ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig)
 
 
@@ -93,6 +100,20 @@ def expand_groups(overrides: list[str]) -> list[str]:
             given = {_key(o) for i, o in enumerate(overrides) if i != index}
             return [o for o in listed if _key(o) not in given] + overrides[:index] + overrides[index + 1:]
     return overrides
+
+
+@functools.lru_cache(maxsize=None)
+def scale_defaults(scale: str) -> dict[str, str]:
+    """The model and data a scale selects (`override /model: smoke` in jobs/scale/<scale>.yaml)."""
+    path = JOBS_DIR / "scale" / f"{scale}.yaml"
+    if not path.exists():
+        return {}
+    chosen = {}
+    for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                chosen[key.split("/")[-1].strip()] = str(value)
+    return chosen
 
 
 def group_options(group: str) -> list[str]:
@@ -188,6 +209,7 @@ def _compose_one(overrides: list[str]) -> ComposedRun:
         del cfg["hydra"]
     config: RunConfig = OmegaConf.to_object(cfg)
     _check_choices(config, overrides, choices)
+    _check_ranges(config, overrides, choices)
     _check_freeze(config, overrides, choices)
     return ComposedRun(tuple(overrides), config, choices)
 
@@ -212,6 +234,18 @@ def _check_choices(config: RunConfig, overrides: list[str], choices: dict[str, s
             raise HarnessError(
                 f"{key}: '{flat[key]}' is not one of {', '.join(map(str, allowed))} ({origin})"
             )
+
+
+def _check_ranges(config: RunConfig, overrides: list[str], choices: dict[str, str]) -> None:
+    flat = _flatten(to_dict(config))
+    for key, (low, high, low_allowed) in RANGES.items():
+        value = flat[key]
+        if not (low < value < high or (low_allowed and value == low)):
+            interval = f"{'[' if low_allowed else '('}{low:g}, {high:g})"
+            raise HarnessError(f"{key}: {value} is outside {interval} ({origin_of(key, overrides, choices)})")
+    if config.data.text_mix and config.data.corpus != "captions":
+        raise HarnessError(f"data.text_mix: documents are mixed into image-caption training only; data.corpus "
+                           f"is '{config.data.corpus}' ({origin_of('data.corpus', overrides, choices)})")
 
 
 def _check_freeze(config: RunConfig, overrides: list[str], choices: dict[str, str]) -> None:

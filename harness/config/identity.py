@@ -20,12 +20,27 @@ LAUNCH_ONLY_SECTIONS = ("launch", "container", "paths")
 # of the experiment that interpolates them): leaving them out keeps every other run's id.
 ONLY_THROUGH_OTHER_KEYS = ("random_init_long_steps",)
 ID_LENGTH = 10
+# Keys added after runs existed, at the value that trains exactly as before the key existed: left
+# out at that value, so those runs keep their ids (and their directories stay findable).
+NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("train", "text_loss_weight"): 1.0,
+    ("data", "text_mix"): 0.0,
+}
 
 
 def identity_of(config: RunConfig, data_hash: str) -> dict[str, Any]:
     values = {k: v for k, v in to_dict(config).items() if k not in LAUNCH_ONLY_SECTIONS + ONLY_THROUGH_OTHER_KEYS}
+    values = without_neutral_defaults(values)
     values["world_size"] = config.world_size
     values["data_hash"] = data_hash
+    return values
+
+
+def without_neutral_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the keys that sit at their neutral value (a copy where one is removed)."""
+    for (section, key), neutral in NEUTRAL_DEFAULTS.items():
+        if values.get(section, {}).get(key, neutral) == neutral and key in values.get(section, {}):
+            values = {**values, section: {k: v for k, v in values[section].items() if k != key}}
     return values
 
 

@@ -96,6 +96,10 @@ class DataConfig:
     # and its fingerprint. Unset: a MoVQ of seeded random weights, labelled as such.
     image_tokenizer: str = ""
     image_tokenizer_sha256: str = ""
+    # Share of the training sequences that are documents of the pre-training text corpus
+    # (<bos> document <eos>), interleaved into the image-caption stream; [0, 1). Not a property of
+    # the dataset: the same shards serve every mix.
+    text_mix: float = 0.0
     raw: RawDataConfig = field(default_factory=RawDataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
@@ -121,6 +125,9 @@ class TrainConfig:
     micro_batch: int = 16
     grad_accum: int = 1
     lr: float = 3e-3
+    # Weight of each text target against an image target's 1 in the training loss (a weighted
+    # token mean): 30 balances the paper's ~30:1 image:text token ratio. Logged losses stay unweighted.
+    text_loss_weight: float = 1.0
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.1

@@ -9,6 +9,7 @@ contiguous slice of that, so ranks are disjoint and together cover each epoch ex
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,12 +67,55 @@ class RankStream:
     def global_batch(self) -> int:
         return self.world_size * self.local_batch
 
-    def batch(self, step: int) -> Batch:
+    def positions(self, step: int) -> range:
+        """This rank's global stream positions at a step."""
         start = step * self.global_batch + self.rank * self.local_batch
-        located = [self.order.at(p) for p in range(start, start + self.local_batch)]
-        samples = [self.reader.sample(shard, offset) for _, shard, offset in located]
-        tokens = torch.stack([sequence(s, self.layout, self.seq_len, self.with_text) for s in samples])
-        return Batch(tokens, tuple(s.sample_id for s in samples), located[0][0])
+        return range(start, start + self.local_batch)
+
+    def sample_at(self, position: int) -> tuple[int, Sample]:
+        """(epoch, sample) at a global stream position."""
+        epoch, shard, offset = self.order.at(position)
+        return epoch, self.reader.sample(shard, offset)
+
+    def batch(self, step: int) -> Batch:
+        located = [self.sample_at(p) for p in self.positions(step)]
+        tokens = torch.stack([sequence(s, self.layout, self.seq_len, self.with_text) for _, s in located])
+        return Batch(tokens, tuple(s.sample_id for _, s in located), located[0][0])
+
+
+class MixedStream:
+    """Image-caption sequences with a share `mix` of pre-training documents interleaved.
+
+    Global position p holds a document iff floor(mix*(p+1)) > floor(mix*p): documents fall evenly
+    through the stream, their share is exactly `mix` over any long stretch, and each stream keeps its
+    own seeded epochs (the k-th document is the documents' position k, the captions' position is p
+    minus the documents before it). Like RankStream, a batch is a pure function of its step.
+    """
+
+    def __init__(self, captions: RankStream, documents: RankStream, mix: float) -> None:
+        self.captions, self.documents, self.mix = captions, documents, mix
+
+    @property
+    def global_batch(self) -> int:
+        return self.captions.global_batch
+
+    def source_of(self, position: int) -> tuple[RankStream, int]:
+        before = math.floor(self.mix * position)
+        if math.floor(self.mix * (position + 1)) > before:
+            return self.documents, before
+        return self.captions, position - before
+
+    def batch(self, step: int) -> Batch:
+        rows, ids, epochs = [], [], []
+        for position in self.captions.positions(step):
+            stream, index = self.source_of(position)
+            epoch, sample = stream.sample_at(index)
+            rows.append(sequence(sample, stream.layout, stream.seq_len, stream.with_text))
+            ids.append(sample.sample_id)
+            if stream is self.captions:
+                epochs.append(epoch)
+        # The sample-id log is kept for the first caption epoch; documents ride along with it.
+        return Batch(torch.stack(rows), tuple(ids), epochs[0] if epochs else 0)
 
 
 def sequence(sample: Sample, layout: VocabLayout, seq_len: int, with_text: bool = True) -> torch.Tensor:

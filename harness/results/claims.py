@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from harness.results import metrics, stats
+from harness.results.arms import OTHER_LM_SIZES
 from harness.results.records import Arm, Collection, mean_std
 
 CLAIMS_FILE = Path(__file__).parent / "claims.yaml"
@@ -59,8 +60,15 @@ class Verdict:
 
 
 def load_claims(path: Path = CLAIMS_FILE) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The defaults and every claim: the paper's, then the exploratory ones (`exploratory: true`)."""
     spec = yaml.safe_load(path.read_text())
-    return spec["defaults"], spec["claims"]
+    exploratory = [{**claim, "exploratory": True} for claim in spec.get("exploratory", [])]
+    return spec["defaults"], [*spec["claims"], *exploratory]
+
+
+def load_questions(path: Path = CLAIMS_FILE) -> list[dict[str, Any]]:
+    """The questions beyond the paper: id, title, question, and the arms shown side by side."""
+    return yaml.safe_load(path.read_text()).get("questions", [])
 
 
 def evaluate_all(collection: Collection, path: Path = CLAIMS_FILE) -> list[Verdict]:
@@ -68,11 +76,19 @@ def evaluate_all(collection: Collection, path: Path = CLAIMS_FILE) -> list[Verdi
     return [evaluate(collection, {**defaults, **claim}, scale) for scale in collection.scales for claim in claims]
 
 
+def at_scale(name: str, scale: str) -> str:
+    """An arm name with the scale's placeholders filled: {size1} and {size2}, its other LM sizes."""
+    for index, size in enumerate(OTHER_LM_SIZES.get(scale, ()), start=1):
+        name = name.replace(f"{{size{index}}}", size)
+    return name
+
+
 def evaluate(collection: Collection, claim: dict[str, Any], scale: str) -> Verdict:
     metric = metrics.named(claim["metric"])
-    names = claim["a"] if isinstance(claim["a"], list) else [claim["a"]]
-    arms = [_arm(collection, scale, name) for name in [*names, claim["b"]]]
-    sides = [_side(arm, name, metric) for arm, name in zip(arms, [*names, claim["b"]])]
+    names = [at_scale(n, scale) for n in (claim["a"] if isinstance(claim["a"], list) else [claim["a"]])]
+    reference = at_scale(claim["b"], scale)
+    arms = [_arm(collection, scale, name) for name in [*names, reference]]
+    sides = [_side(arm, name, metric) for arm, name in zip(arms, [*names, reference])]
     short = [s.arm for s, arm in zip(sides, arms) if arm is None or len(arm.values(metric)) < claim["min_seeds"]]
     if short:
         return Verdict(claim, scale, NOT_RUN, sides, f"fewer than {claim['min_seeds']} complete run(s) with "

@@ -16,7 +16,7 @@ import jinja2
 
 from harness.errors import HarnessError
 from harness.results import arms, figures, metrics
-from harness.results.claims import Verdict, evaluate_all
+from harness.results.claims import Verdict, at_scale, evaluate_all, load_questions
 from harness.results.records import Arm, Collection, Record, collect, mean_std, read_records
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -105,8 +105,11 @@ def _section(collection: Collection, scale: str, verdicts: list[Verdict]) -> tup
     world = _small_world(collection, scale, inits)
     if world and world["grid"]:
         drawn[world["grid"]] = world.pop("grid_png")
+    beyond, beyond_figures = _beyond(collection, scale, [v for v in verdicts if v.claim.get("exploratory")])
+    drawn.update(beyond_figures)
     section = {
-        "scale": scale, "verdicts": verdicts, "world": world,
+        "scale": scale, "verdicts": [v for v in verdicts if not v.claim.get("exploratory")], "world": world,
+        "beyond": beyond,
         "image_metric": metrics.image_metric_name([r for a in inits + present(arms.UNCONDITIONAL) for r in a.runs]),
         "main": [_main_row(a) for a in inits],
         "curves": f"loss_curves_{scale}.png" if curves else None,
@@ -166,6 +169,27 @@ def _small_world(collection: Collection, scale: str, inits: list[Arm]) -> dict[s
             "first_step": [{"arm": a.name, **_first_step_losses(a)} for a in inits],
             "long": [_long_run_row(r) for r in (long_runs.runs if long_runs else [])],
             "arm_steps": untrained.runs[0].final_step if untrained and untrained.runs else "-"}
+
+
+def _beyond(collection: Collection, scale: str, verdicts: list[Verdict]) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """The questions beyond the paper that have runs of their own arms at this scale: the arms side
+    by side, the exploratory hypotheses' verdicts, a figure each."""
+    questions, drawn = [], {}
+    for question in load_questions():
+        names = [at_scale(name, scale) for name in question["arms"]]
+        present = [a for a in (collection.arm(scale, n) for n in names) if a is not None]
+        if not any("[" in a.name for a in present):  # only the paper's own arms: nothing asked yet
+            continue
+        figure = figures.beyond_curves(present, scale, question["title"])
+        name = f"beyond_{question['id']}_{scale}.png"
+        if figure:
+            drawn[name] = figure
+        questions.append({
+            **question, "figure": name if figure else None,
+            "rows": [_row(a, loss_image=metrics.val_loss("image"), loss_text=metrics.val_loss("text"),
+                          facts=metrics.task_accuracy("facts_probe")) for a in present],
+            "verdicts": [v for v in verdicts if v.claim.get("question") == question["id"]]})
+    return questions, drawn
 
 
 def _long_run_row(record) -> dict[str, Any]:

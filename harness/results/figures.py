@@ -12,7 +12,7 @@ import numpy as np
 
 from harness.results.records import Arm, Record
 
-PATTERNS = ("loss_curves_*.png", "samples_*.png", "reconstruction_*.png")  # the files collect draws (and may remove)
+PATTERNS = ("loss_curves_*.png", "samples_*.png", "reconstruction_*.png", "beyond_*.png")  # the files collect draws (and may remove)
 STYLE = {"font.family": "DejaVu Sans", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 
 
@@ -69,6 +69,57 @@ def loss_curves(arms: list[Arm], scale: str) -> bytes | None:
     axes[0].legend(fontsize=8)
     figure.tight_layout()
     return _png(figure)
+
+
+@_styled
+def beyond_curves(arms: list[Arm], scale: str, title: str) -> bytes | None:
+    """A question beyond the paper, per arm (seeds' mean): training caption and image loss vs
+    tokens, and the facts-probe accuracy at every evaluated step (the forgetting curve)."""
+    arms = [a for a in arms if a.runs and all(r.metrics for r in a.runs)]
+    if not arms:
+        return None
+    from matplotlib.ticker import EngFormatter
+
+    figure, axes = _figure(nrows=1, ncols=3, figsize=(12, 3.4))
+    for index, arm in enumerate(arms):
+        style = {"color": f"C{index % 10}", "label": f"{arm.name} (n={len(arm.runs)})", "linewidth": 1.2}
+        probe = _facts_probe(arm)
+        if arm.runs[0].experiment == "pretrain_text":  # the LM before image-caption training: a level
+            if probe:
+                axes[2].axhline(probe[-1][1], linestyle="--", **style)
+            continue
+        steps = sorted(set.intersection(*({m["step"] for m in r.metrics} for r in arm.runs)))
+        tokens = [np.mean([_at(r, s)["tokens"] for r in arm.runs]) for s in steps]
+        for axis, modality in zip(axes, ("text", "image")):
+            values = [[_at(r, s)[f"loss_{modality}"] for s in steps] for r in arm.runs]
+            if all(v is not None for run in values for v in run):
+                axis.plot(tokens, np.array(values, dtype=float).mean(0), **style)
+        if probe:
+            axes[2].plot(*zip(*probe), marker="o", **style)
+    from matplotlib.ticker import MaxNLocator
+
+    for axis, name in zip(axes, ("training loss_text", "training loss_image", "facts probe accuracy")):
+        axis.xaxis.set_major_locator(MaxNLocator(4))
+        axis.xaxis.set_major_formatter(EngFormatter(sep=""))
+        axis.set_xlabel("tokens trained")
+        axis.set_ylabel(name)
+    axes[2].legend(fontsize=7)
+    figure.suptitle(f"{title} ({scale} scale); dashed: the LM before image-caption training", fontsize=9)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _facts_probe(arm: Arm) -> list[tuple[float, float]]:
+    """(tokens, mean accuracy) at each step where every seed's facts probe was evaluated."""
+    evaluated = [r.at_steps("language") for r in arm.runs]
+    steps = sorted(set.intersection(*(set(e) for e in evaluated))) if evaluated else []
+    points = []
+    for step in steps:
+        accuracies = [e[step].get("tasks", {}).get("facts_probe", {}).get("accuracy") for e in evaluated]
+        tokens = [r.tokens_at(step) if step else 0.0 for r in arm.runs]
+        if None not in accuracies and None not in tokens:
+            points.append((float(np.mean(tokens)), float(np.mean(accuracies))))
+    return points
 
 
 @_styled

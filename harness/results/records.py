@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import yaml
 
-from harness.config.identity import LAUNCH_ONLY_SECTIONS
+from harness.config.identity import LAUNCH_ONLY_SECTIONS, ONLY_THROUGH_OTHER_KEYS, without_neutral_defaults
+from harness.config.compose import scale_defaults
 from harness.config.schema import STEPS_SECTION
 from harness.rundir import RunDir, RunState, find_runs, read_metrics_strict, without_timing
 
@@ -27,7 +28,27 @@ from harness.rundir import RunDir, RunState, find_runs, read_metrics_strict, wit
 _YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # What arms average over: the seed, and the sections run identity leaves out (launch-only), plus
 # eval settings, which do not change what a training run computes.
-NOT_VARIANT = ("seed", "eval", *LAUNCH_ONLY_SECTIONS)
+NOT_VARIANT = ("seed", "eval", *LAUNCH_ONLY_SECTIONS, *ONLY_THROUGH_OTHER_KEYS)
+
+
+def beyond_tags(config: dict[str, Any]) -> list[str]:
+    """What sets a run apart from its experiment's arm at its scale (the questions beyond the paper):
+    a text-loss weight, a text mix, another LM size or another dataset (image tokenizer) than the
+    scale's own. Older configs without a key read as its neutral value."""
+    tags = []
+    weight = config.get("train", {}).get("text_loss_weight", 1.0)
+    if weight != 1.0:
+        tags.append(f"text x{weight:g}")
+    mix = config.get("data", {}).get("text_mix", 0.0)
+    if mix:
+        tags.append(f"mix {mix:g}")
+    defaults = scale_defaults(config["scale"])
+    model, data = config.get("model", {}).get("name"), config.get("data", {}).get("name")
+    if config["experiment"] != "caption_lm" and model and model != defaults.get("model", model):
+        tags.append(f"model {model}")
+    if data and data != defaults.get("data", data):
+        tags.append(f"data {data}")
+    return tags
 
 
 @dataclass(frozen=True)
@@ -69,11 +90,12 @@ class Record:
             return f"caption_lm[{self.config['model']['name']}]"
         if self.job == "align" and self.config["align"]["shuffle_captions"]:
             return "align[shuffled captions]"
-        return self.experiment
+        tags = beyond_tags(self.config)
+        return f"{self.experiment}[{', '.join(tags)}]" if tags else self.experiment
 
     @property
     def variant(self) -> str:
-        kept = {k: v for k, v in self.config.items() if k not in NOT_VARIANT}
+        kept = without_neutral_defaults({k: v for k, v in self.config.items() if k not in NOT_VARIANT})
         launch = self.config.get("launch", {})
         kept["world_size"] = launch.get("nodes", 1) * launch.get("tasks_per_node", 1)  # changes results
         kept["data_hash"] = self.data_hash

@@ -8,6 +8,9 @@ training, of the pre-trained runs at every kept checkpoint (the forgetting curve
 runs and of the caption-only LMs. Locally each submit waits; on Slurm the trainings of a stage
 are waited for before the evaluations that need their kept checkpoints are submitted.
 
+`--beyond` runs the questions beyond the paper instead (beyond_stages), with the evaluations
+their hypotheses read.
+
 A failed stage is reported and the rest still runs; submitting again resumes (done runs are
 skipped, failed ones get a new attempt). The collector lists failed runs apart.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from harness.config import compose_runs, load_run_config
+from harness.config.compose import scale_defaults
 from harness.data.dataset import WITH_IMAGES
 from harness.errors import HarnessError
 from harness.results import arms
@@ -56,8 +60,17 @@ def training_stages(scale: str, seeds: int, synthetic: bool = False) -> list[lis
             ["experiment=caption_lm", f"model={sizes}", seed], *long_run]
 
 
+def beyond_stages(scale: str, seeds: int) -> list[list[str]]:
+    """The questions beyond the paper (jobs/group/): each group sweeps its knob from the neutral
+    value, so the paper's own arms it compares against are part of it (done runs are skipped)."""
+    seed = f"seed={','.join(str(s) for s in range(seeds))}"
+    sizes = ",".join([scale_defaults(scale)["model"], *arms.OTHER_LM_SIZES[scale]])
+    return [["experiment=text_loss_weighting", seed], ["experiment=text_mixing", seed],
+            ["experiment=lm_sizes", f"model={sizes}", seed]]
+
+
 def reproduce(overrides: list[str], seeds: int = 3, output: Path = Path("RESULTS.md"),
-              out: TextIO = sys.stdout) -> int:
+              out: TextIO = sys.stdout, beyond: bool = False) -> int:
     """Returns the number of stages that failed."""
     from harness.results.collect import render
     from harness.submit import submit
@@ -65,12 +78,14 @@ def reproduce(overrides: list[str], seeds: int = 3, output: Path = Path("RESULTS
     config = compose_runs([*overrides, "experiment=random_init"])[0].config
     failures: list[str] = []
     trained: dict[Path, RunDir] = {}
-    for stage in training_stages(config.scale, seeds, synthetic=config.data.kind == "synthetic"):
+    stages = (beyond_stages(config.scale, seeds) if beyond
+              else training_stages(config.scale, seeds, synthetic=config.data.kind == "synthetic"))
+    for stage in stages:
         for run in _submit_stage(submit, [*stage, *overrides], out, failures):
             trained.setdefault(run.path, run)
     if config.launch.executor != "local":
         wait_for(list(trained.values()), out)
-    for stage in evaluation_stages(list(trained.values())):
+    for stage in evaluation_stages(list(trained.values()), beyond=beyond):
         _submit_stage(submit, [*stage, *overrides], out, failures)
     runs_root = Path(config.paths.runs_root)
     if config.launch.executor != "local":
@@ -82,13 +97,21 @@ def reproduce(overrides: list[str], seeds: int = 3, output: Path = Path("RESULTS
     return len(failures)
 
 
-def evaluation_stages(runs: list[RunDir]) -> list[list[str]]:
+def evaluation_stages(runs: list[RunDir], beyond: bool = False) -> list[list[str]]:
+    """The evaluations of trained runs. Beyond the paper, the hypotheses read held-out losses (written
+    by training) and the pre-trained runs' facts probe: only those language evaluations run."""
     stages = []
     for run in sorted(runs, key=lambda r: r.name):
         if not run.config_path.exists():
             continue
         config = load_run_config(run.config_path)
         if config.job != "train":
+            continue
+        if beyond:
+            if config.experiment in LANGUAGE_AT_KEPT_STEPS:
+                stages += [["experiment=eval_language", f"run={run.name}", f"step={step}"] for step in kept_steps(run)]
+            if config.experiment in LANGUAGE_AT_KEPT_STEPS + ("pretrain_text",):
+                stages.append(["experiment=eval_language", f"run={run.name}"])
             continue
         if config.data.corpus in WITH_IMAGES:
             stages.append(["experiment=eval_image", f"run={run.name}"])

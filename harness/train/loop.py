@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from harness.config import RunConfig, load_run_config
 from harness.data.dataset import WITH_TEXT, open_dataset
-from harness.data.stream import EpochOrder, RankStream
+from harness.data.stream import EpochOrder, MixedStream, RankStream
 from harness.data.vocab import VocabLayout
 from harness.errors import HarnessError, one_line
 from harness.eval.losses import held_out_losses, write_val_loss
@@ -85,17 +85,26 @@ def train(run_dir: Path) -> None:
     dist.barrier()
 
 
-def training_stream(config: RunConfig, dataset, rank: int, world: int) -> RankStream:
-    """What one rank trains on: the configured corpus of the train split, in the seeded order."""
-    entries = dataset.shard_entries(config.data.corpus, "train")
-    return RankStream(dataset.reader(config.data.corpus, "train"),
-                      EpochOrder([e["samples"] for e in entries], seed=config.seed),
-                      dataset.layout(config.data.corpus), config.data.seq_len, rank, world,
-                      config.train.micro_batch * config.train.grad_accum,
-                      with_text=config.data.corpus in WITH_TEXT)
+def training_stream(config: RunConfig, dataset, rank: int, world: int) -> RankStream | MixedStream:
+    """What one rank trains on: the configured corpus of the train split, in the seeded order, with
+    `data.text_mix` of the sequences drawn from the pre-training text corpus."""
+    captions = _corpus_stream(config, dataset, config.data.corpus, config.data.corpus, rank, world)
+    if not config.data.text_mix:
+        return captions
+    # The documents are laid out in the captions' vocabulary, in their own seeded order.
+    documents = _corpus_stream(config, dataset, "text", config.data.corpus, rank, world)
+    return MixedStream(captions, documents, config.data.text_mix)
 
 
-def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream, layout: VocabLayout,
+def _corpus_stream(config: RunConfig, dataset, corpus: str, layout_corpus: str, rank: int,
+                   world: int) -> RankStream:
+    entries = dataset.shard_entries(corpus, "train")
+    return RankStream(dataset.reader(corpus, "train"), EpochOrder([e["samples"] for e in entries], seed=config.seed),
+                      dataset.layout(layout_corpus), config.data.seq_len, rank, world,
+                      config.train.micro_batch * config.train.grad_accum, with_text=corpus in WITH_TEXT)
+
+
+def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream | MixedStream, layout: VocabLayout,
           start: checkpoints.Resume, stop: StopFlag, client: dict, dataset) -> None:
     train_cfg, rank, world = config.train, dist.get_rank(), dist.get_world_size()
     metrics = MetricsWriter(run.metrics_path) if rank == 0 else None
@@ -107,8 +116,8 @@ def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream, layout: Vo
         lr = engine.get_lr()[0]  # the rate this step's update uses
         if ids_log is not None and batch.epoch == 0:
             ids_log.write("".join(f"{i}\n" for i in batch.sample_ids))
-        sums, step_tokens = _train_step(engine, batch.tokens, config, layout, world, step)
-        summary = sums.summary()
+        sums, documents, step_tokens = _train_step(engine, batch.tokens, config, layout, world, step)
+        summary = step_summary(sums, documents)
         if not math.isfinite(summary["loss"] or 0.0):
             kept = [p.name for p in checkpoints.complete(run.checkpoints)]
             raise NonFiniteLoss(f"non-finite loss ({summary['loss']}) at step {step + 1}; stopped without "
@@ -151,33 +160,60 @@ def _held_out(run: RunDir, config: RunConfig, engine, dataset, step: int) -> Non
         print(f"held-out at step {step}: loss_text {losses['loss_text']}  loss_image {losses['loss_image']}", flush=True)
 
 
-def _train_step(engine, tokens: torch.Tensor, config: RunConfig, layout: VocabLayout,
-                world: int, step: int) -> tuple[LossSums, int]:
-    """One optimizer step over grad_accum micro-batches, weighted by the global count of targets.
+def step_summary(captions: LossSums, documents: LossSums | None) -> dict[str, float | None]:
+    """Losses of a step, unweighted: loss_text and loss_image over the image-caption sequences; with a
+    text mix, the interleaved documents' own loss apart and `loss` over everything."""
+    if documents is None:
+        return captions.summary()
+    both = LossSums(captions.values + documents.values)
+    return {**captions.summary(), "loss": both.summary()["loss"], "loss_documents": documents.summary()["loss_text"]}
 
-    DeepSpeed averages gradients over ranks and micro-steps; scaling each micro-batch's summed loss
-    by world * accum / global_targets makes the applied gradient that of the global token mean.
+
+def target_weights(targets: torch.Tensor, layout: VocabLayout, text_weight: float) -> torch.Tensor:
+    """Each target's weight in the training loss: 1 per image target, text_weight per text target,
+    0 for <pad>."""
+    weights = (targets != layout.pad).to(torch.float32)
+    if text_weight != 1.0:
+        weights = weights.masked_fill(layout.is_text_target(targets), text_weight)
+    return weights
+
+
+def _train_step(engine, tokens: torch.Tensor, config: RunConfig, layout: VocabLayout,
+                world: int, step: int) -> tuple[LossSums, LossSums | None, int]:
+    """One optimizer step over grad_accum micro-batches: the gradient of the global weighted token
+    mean (train.text_loss_weight; plain token mean at 1).
+
+    DeepSpeed averages gradients over ranks and micro-steps; scaling each micro-batch's weighted
+    summed loss by world * accum / global_weight makes the applied gradient that of the global mean.
+    Returns the unweighted loss sums of the caption sequences and, with a text mix, of the documents.
     """
+    text_weight, mixing = config.train.text_loss_weight, bool(config.data.text_mix)
     micro_batches = tokens.split(config.train.micro_batch)
     # Collectives run on the engine's device: NCCL cannot reduce CPU tensors.
-    count = torch.tensor([sum(count_targets(mb, layout) for mb in micro_batches)], dtype=torch.float64,
-                         device=engine.device)
-    dist.all_reduce(count)
-    global_targets = int(count.item())
-    scale = world * len(micro_batches) / global_targets
+    totals = torch.tensor([[count_targets(mb, layout), float(target_weights(mb[:, 1:], layout, text_weight).sum())]
+                           for mb in micro_batches], dtype=torch.float64).sum(0).to(engine.device)
+    dist.all_reduce(totals)
+    global_targets, global_weight = int(totals[0].item()), float(totals[1].item())
+    scale = world * len(micro_batches) / global_weight
     poison = _injected_nan(step)
-    sums = LossSums.zero()
+    sums, documents = LossSums.zero(), LossSums.zero()
     for micro in micro_batches:
         micro = micro.to(engine.device)
         inputs, targets = micro[:, :-1], micro[:, 1:]
         losses = token_losses(engine(inputs), targets) * poison
-        keep = targets != layout.pad
-        engine.backward((losses * keep).sum() * scale)
+        weights = target_weights(targets, layout, text_weight)
+        engine.backward((losses * weights).sum() * scale)
         engine.step()
-        sums += split_sums(losses.cpu(), targets.cpu(), layout)
-    reduced = sums.values.to(engine.device)
+        losses, targets = losses.cpu(), targets.cpu()
+        if mixing:  # a document is a row without image targets
+            is_document = ~layout.is_image_target(targets).any(dim=1)
+            documents += split_sums(losses[is_document], targets[is_document], layout)
+            losses, targets = losses[~is_document], targets[~is_document]
+        sums += split_sums(losses, targets, layout)
+    reduced = torch.cat([sums.values, documents.values] if mixing else [sums.values]).to(engine.device)
     dist.all_reduce(reduced)
-    return LossSums(reduced.cpu()), global_targets
+    reduced = reduced.cpu()
+    return LossSums(reduced[:4]), (LossSums(reduced[4:]) if mixing else None), global_targets
 
 
 def _injected_nan(step: int) -> float:

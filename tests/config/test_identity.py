@@ -18,7 +18,7 @@ def test_launch_only_keys_do_not_change_the_run_id(launch_only):
 
 @pytest.mark.parametrize("result_changing", [
     "seed=1", "train.lr=0.1", "model=micro", "train.precision=bf16", "launch.tasks_per_node=1",
-    "init.strategy=pretrained",
+    "init.strategy=pretrained", "train.text_loss_weight=30", "data.text_mix=0.1",
 ])
 def test_what_changes_results_changes_the_run_id(result_changing):
     assert run_id(result_changing) != run_id()
@@ -30,3 +30,8 @@ def test_the_data_hash_is_part_of_the_identity():
 
 def test_the_run_id_is_stable_and_short():
     assert run_id() == run_id() and len(run_id()) == 10
+
+
+@pytest.mark.parametrize("neutral", ["train.text_loss_weight=1", "data.text_mix=0", "random_init_long_steps=99"])
+def test_a_knob_at_its_neutral_value_keeps_the_ids_of_runs_made_before_it_existed(neutral):
+    assert run_id(neutral) == run_id()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from harness.data.shards import Sample
-from harness.data.stream import EpochOrder, RankStream, sequence
+from harness.data.stream import EpochOrder, MixedStream, RankStream, sequence
 from harness.data.vocab import VocabLayout
 
 LAYOUT = VocabLayout(text_size=100, pad=0, bos=1, eos=2, codebook_size=50)
@@ -63,3 +63,39 @@ def test_text_sequence_layout():
     text_only = LAYOUT.text_only()
     got = sequence(Sample("t", np.array([7, 8]), None), text_only, seq_len=6)
     assert torch.equal(got, torch.tensor([1, 7, 8, 2, 0, 0]))
+
+
+class TextReader(ListReader):
+    def __init__(self, sizes):
+        self.samples = [[Sample(f"doc{s}-{o}", np.array([20 + o]), None) for o in range(n)]
+                        for s, n in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("mix", [0.1, 0.3])
+def test_a_text_mix_interleaves_documents_at_its_share_and_keeps_both_orders(mix):
+    caption_sizes, document_sizes = [40, 40], [30]
+
+    def mixed(rank, world):
+        captions = RankStream(ListReader(caption_sizes), EpochOrder(caption_sizes, seed=5), LAYOUT, 12, rank, world, 5)
+        documents = RankStream(TextReader(document_sizes), EpochOrder(document_sizes, seed=5), LAYOUT, 12, rank,
+                               world, 5)
+        return MixedStream(captions, documents, mix)
+
+    steps = 8
+    ids = [i for step in range(steps) for i in mixed(0, 1).batch(step).sample_ids]
+    documents = [i for i in ids if i.startswith("doc")]
+    assert len(documents) == int(mix * steps * 5)             # exactly its share over the stretch
+    where = [k for k, i in enumerate(ids) if i.startswith("doc")]
+    gaps = [b - a for a, b in zip(where, where[1:])]
+    assert max(gaps) - min(gaps) <= 1                        # spread evenly, never bunched
+    # Each stream keeps its own seeded order: the captions are the plain stream's, documents skipped.
+    plain = RankStream(ListReader(caption_sizes), EpochOrder(caption_sizes, seed=5), LAYOUT, 12, 0, 1, 5)
+    expected = [i for step in range(steps) for i in plain.batch(step).sample_ids]
+    assert [i for i in ids if not i.startswith("doc")] == expected[:len(ids) - len(documents)]
+    # Two ranks split the same global sequence, and a batch depends only on its step.
+    two = [i for step in range(steps // 2) for rank in (0, 1) for i in mixed(rank, 2).batch(step).sample_ids]
+    assert two == ids
+    batch = mixed(0, 1).batch(3)
+    assert (batch.tokens == mixed(0, 1).batch(3).tokens).all()
+    rows = [row for row, i in zip(batch.tokens, batch.sample_ids) if i.startswith("doc")]
+    assert all(LAYOUT.eos in row and not LAYOUT.is_image_target(row).any() for row in rows)

@@ -33,7 +33,8 @@ def test_the_committed_results_have_numbers_in_every_table_and_a_verdict_for_eve
                     "Contrastive alignment", "Language forgetting", "Held-out caption perplexity", "Samples",
                     "The small world's instruments"):
         assert f"### {heading}" in text, heading
-    claims = [line for line in text.splitlines() if line.startswith("| **")]
+    paper_claims = text.split("### Claims (smoke scale)")[1].split("### Main comparison")[0]
+    claims = [line for line in paper_claims.splitlines() if line.startswith("| **")]
     outcomes = "holds|does not hold|inconclusive|not run at this scale|not comparable"
     assert len(claims) == 10 and all(re.search(rf"\*\*({outcomes})\*\* \(.*\) \|$", c) for c in claims)
     assert "(n=3)" in text and "FD (shapes classifier)" in text
@@ -89,6 +90,27 @@ def test_removing_a_run_drops_exactly_its_numbers(tmp_path):
 # The world's artifacts are published; the reproduction trains them again, here only briefly.
 WORLD_SHORT = ("tokenizer_training.steps=4", "tokenizer_training.eval_images=16", "classifier_training.steps=4",
                "classifier_training.eval_images=16")
+
+
+def test_reproduce_beyond_runs_the_open_questions_and_reports_each(tmp_path, data_root):
+    runs_root = tmp_path / "runs"
+    result = run_cli("reproduce", "--beyond", "--seeds", "1", "--output", str(tmp_path / "RESULTS.md"),
+                     *micro_args(runs_root, data_root, "train.steps=4"), timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records, _ = read_records(runs_root, tmp_path)
+    arms = {arm for (scale, arm) in collect(records).arms}
+    assert {"random_init", "pretrained", "random_init[text x10]", "pretrained[text x30]", "pretrained[mix 0.1]",
+            "pretrained[mix 0.3]", "random_init[model micro_d16]", "pretrained[model smoke_d64]",
+            "pretrain_text[model micro_d16]"} <= arms
+    text = (tmp_path / "RESULTS.md").read_text()
+    beyond = text.split("### Beyond the paper (micro scale)")[1].split("### Runs averaged in")[0]
+    for title in ("Text-loss weighting", "Complex-text mixing", "LM size"):
+        assert f"#### {title}" in beyond
+    for hypothesis in ("weighted_text_advantage_kept", "mixing_keeps_facts", "image_loss_same_larger_lm"):
+        assert f"**{hypothesis}**" in beyond
+    assert "weighted_text_advantage_kept" not in text.split("### Main comparison")[0]  # apart from the paper's
+    assert {p.name for p in (tmp_path / FIGURES).glob("beyond_*")} == {
+        "beyond_text_loss_weighting_micro.png", "beyond_text_mixing_micro.png", "beyond_lm_sizes_micro.png"}
 
 
 def test_reproduce_runs_every_experiment_and_its_evaluations_then_collects(tmp_path, data_root):

@@ -1,0 +1,61 @@
+"""The training step's loss knobs (train.text_loss_weight, data.text_mix), through `harness submit`."""
+
+import json
+
+import pytest
+import torch
+
+from harness.data.vocab import VocabLayout
+from harness.train.loop import target_weights
+from tests.conftest import micro_args, run_cli
+
+
+def metrics(runs_root, experiment="random_init"):
+    (run_dir,) = (runs_root / experiment).iterdir()
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_text_targets_weigh_text_loss_weight_and_pad_nothing():
+    layout = VocabLayout(text_size=10, pad=0, bos=1, eos=2, codebook_size=4)
+    targets = torch.tensor([[5, layout.boi, layout.image_offset, layout.eoi, 0]])
+    assert target_weights(targets, layout, 30.0).tolist() == [[30.0, 30.0, 1.0, 1.0, 0.0]]
+    assert target_weights(targets, layout, 1.0).tolist() == [[1.0, 1.0, 1.0, 1.0, 0.0]]
+
+
+def test_a_weighted_run_logs_the_same_unweighted_losses_before_its_first_update(tmp_path, data_root):
+    logged = {}
+    for weight in (1, 30):
+        runs_root = tmp_path / f"w{weight}"
+        result = run_cli("submit", "experiment=random_init", f"train.text_loss_weight={weight}",
+                         *micro_args(runs_root, data_root, "train.steps=6", "train.log_every=1"))
+        assert result.returncode == 0, result.stdout + result.stderr
+        logged[weight] = metrics(runs_root)
+    first = {w: {k: rows[0][k] for k in ("loss_text", "loss_image")} for w, rows in logged.items()}
+    assert first[1] == first[30]  # same init, same batch: the logged losses are not weighted
+    # ...and the weighting changes training: text is learned faster, the updates differ.
+    assert logged[30][-1]["loss_text"] < logged[1][-1]["loss_text"]
+
+
+def test_a_text_mix_logs_the_documents_loss_apart(tmp_path, data_root):
+    runs_root = tmp_path / "runs"
+    result = run_cli("submit", "experiment=random_init", "data.text_mix=0.3",
+                     *micro_args(runs_root, data_root, "train.steps=4", "train.log_every=1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = metrics(runs_root)
+    assert all(r["loss_documents"] > 0 and r["loss_text"] > 0 and r["loss_image"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("bad, named", [
+    ("train.text_loss_weight=0", "train.text_loss_weight: 0.0 is outside (0, inf)"),
+    ("train.text_loss_weight=-1", "train.text_loss_weight: -1.0 is outside (0, inf)"),
+    ("data.text_mix=1.0", "data.text_mix: 1.0 is outside [0, 1)"),
+    ("data.text_mix=-0.1", "data.text_mix: -0.1 is outside [0, 1)"),
+])
+def test_a_knob_out_of_range_exits_2_naming_the_key(tmp_path, data_root, bad, named):
+    result = run_cli("submit", "--dry-run", "experiment=random_init", bad, *micro_args(tmp_path, data_root))
+    assert result.returncode == 2 and named in result.stderr and f"command line: {bad}" in result.stderr
+
+
+def test_a_text_mix_outside_image_caption_training_is_refused(tmp_path, data_root):
+    result = run_cli("submit", "--dry-run", "experiment=caption_lm", "data.text_mix=0.1", *micro_args(tmp_path, data_root))
+    assert result.returncode == 2 and "data.text_mix" in result.stderr and "caption_text" in result.stderr
