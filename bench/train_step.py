@@ -110,7 +110,7 @@ def harness_side(model: torch.nn.Module, config: RunConfig, layout: VocabLayout)
     engine = loop._engine(model, config, plan_freeze(model, config.freeze, layout))
 
     def step(index: int, tokens: torch.Tensor) -> float:
-        sums, _ = loop._train_step(engine, tokens, config, layout, 1, index)
+        sums, _, _ = loop._train_step(engine, tokens, config, layout, 1, index)
         return float(sums.summary()["loss"])
     return Side("harness", step)
 

@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--seeds", type=int, default=3, help="seeds per arm (0..N-1)")
     reproduce.add_argument("--output", type=Path, default=Path("RESULTS.md"))
     reproduce.add_argument("--beyond", action="store_true", help="the questions beyond the paper (text-loss "
-                           "weighting, text mixing, LM sizes) and the arms they compare against")
+                           "weighting, text mixing, LM sizes, image tokenizer) and the arms they compare against")
     reproduce.set_defaults(handler=_reproduce)
 
     data = commands.add_parser("data", help="datasets: build the synthetic ones, make raw shards")

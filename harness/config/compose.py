@@ -243,9 +243,11 @@ def _check_ranges(config: RunConfig, overrides: list[str], choices: dict[str, st
         if not (low < value < high or (low_allowed and value == low)):
             interval = f"{'[' if low_allowed else '('}{low:g}, {high:g})"
             raise HarnessError(f"{key}: {value} is outside {interval} ({origin_of(key, overrides, choices)})")
-    if config.data.text_mix and config.data.corpus != "captions":
-        raise HarnessError(f"data.text_mix: documents are mixed into image-caption training only; data.corpus "
-                           f"is '{config.data.corpus}' ({origin_of('data.corpus', overrides, choices)})")
+    # Both knobs act on image-caption training only; elsewhere they would change a run id and nothing else.
+    for key, neutral in (("train.text_loss_weight", 1.0), ("data.text_mix", 0.0)):
+        if flat[key] != neutral and (config.job != "train" or config.data.corpus != "captions"):
+            raise HarnessError(f"{key}: acts on image-caption training only; this is job '{config.job}' on "
+                               f"data.corpus '{config.data.corpus}' ({origin_of(key, overrides, choices)})")
 
 
 def _check_freeze(config: RunConfig, overrides: list[str], choices: dict[str, str]) -> None:

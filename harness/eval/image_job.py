@@ -49,7 +49,13 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
                    else load_model(target, settings.step, device))
     out = target.path / "eval" / f"image@{step}"
     sampling = Sampling(settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, settings.seed)
-    _refuse_other_settings(out.parent / f"image@{step}.json", sampling, settings.samples)
+    extractor = _extractor(config, eval_data.image_size, device)
+    earlier = _earlier_result(out.parent / f"image@{step}.json", {
+        "sampling": dataclasses.asdict(sampling), "samples": settings.samples, "dataset": dataset.data_hash,
+        "extractor": extractor.identity, "fid_mode": extractor.fid_mode})
+    if earlier is not None:
+        log(f"already evaluated: {out.parent / f'image@{step}.json'}")
+        return earlier
     # The trainer already scored the held-out split at its end (and every eval_every_steps): one
     # file per step, never overwritten by a second computation on other sample counts.
     if settings.part == 0 and not (target.path / "eval" / f"val_loss@{step}.json").exists():
@@ -65,7 +71,6 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     images = _generate_images(model, tokenizer, captions, dataset, sampling, settings.batch_size, first,
                               with_text=trained.data.corpus in WITH_TEXT)
     _save_grids(images, out / "samples", f"part{settings.part:03d}", settings.grid)
-    extractor = _extractor(config, eval_data.image_size, device)
     # The real images' statistics are cached once per (dataset, extractor, count): read and
     # featurise them only while that cache does not exist.
     real = None
@@ -83,21 +88,23 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     return result
 
 
-def _refuse_other_settings(result_path: Path, sampling: Sampling, samples: int) -> None:
-    """One result per checkpoint: a second evaluation with other sampling settings or sample count
-    would regenerate the samples beside a result that no longer describes them."""
+def _earlier_result(result_path: Path, wanted: dict) -> dict | None:
+    """One result per checkpoint: the one already written when it was made with these settings (an
+    evaluation run again); with others (sampling, sample count, reference data, extractor), an
+    error, since regenerating would leave samples beside a result that no longer describes them."""
     if not result_path.exists():
-        return
+        return None
     try:
         earlier = json.loads(result_path.read_text())
     except (OSError, ValueError) as error:
         raise HarnessError(f"{result_path} is unreadable ({error}); move it away to evaluate again") from None
-    wanted = {"sampling": dataclasses.asdict(sampling), "samples": samples}
-    found = {"sampling": earlier.get("sampling"), "samples": earlier.get("samples")}
+    found = {key: earlier.get(key) for key in wanted}
     if found != wanted:
-        raise HarnessError(f"{result_path} already holds an evaluation with {found}; this one asks for "
-                           f"{wanted}. Its samples and result are kept: move that file and "
+        differ = {key: (found[key], wanted[key]) for key in wanted if found[key] != wanted[key]}
+        raise HarnessError(f"{result_path} already holds an evaluation made with other settings "
+                           f"(written, asked: {differ}). It and its samples are kept: move that file and "
                            f"{result_path.with_suffix('')}/ away to evaluate this checkpoint again")
+    return earlier
 
 
 def untrained_model(trained: RunConfig, data_root: Path, step: int, device: torch.device):

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from harness.results import metrics, stats
-from harness.results.arms import OTHER_LM_SIZES
+from harness.results.arms import OTHER_LM_SIZES, OTHER_TOKENIZER_DATA
 from harness.results.records import Arm, Collection, mean_std
 
 CLAIMS_FILE = Path(__file__).parent / "claims.yaml"
@@ -77,10 +77,11 @@ def evaluate_all(collection: Collection, path: Path = CLAIMS_FILE) -> list[Verdi
 
 
 def at_scale(name: str, scale: str) -> str:
-    """An arm name with the scale's placeholders filled: {size1} and {size2}, its other LM sizes."""
+    """An arm name with the scale's placeholders filled: {size1} and {size2}, its other LM sizes;
+    {tokenizer2}, its dataset under the other image tokenizer."""
     for index, size in enumerate(OTHER_LM_SIZES.get(scale, ()), start=1):
         name = name.replace(f"{{size{index}}}", size)
-    return name
+    return name.replace("{tokenizer2}", OTHER_TOKENIZER_DATA.get(scale, "{tokenizer2}"))
 
 
 def evaluate(collection: Collection, claim: dict[str, Any], scale: str) -> Verdict:

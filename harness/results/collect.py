@@ -14,6 +14,7 @@ from typing import Any
 
 import jinja2
 
+from harness import artifacts
 from harness.errors import HarnessError
 from harness.results import arms, figures, metrics
 from harness.results.claims import Verdict, at_scale, evaluate_all, load_questions
@@ -96,7 +97,7 @@ def _section(collection: Collection, scale: str, verdicts: list[Verdict]) -> tup
     curves = figures.loss_curves(inits, scale)
     if curves:
         drawn[f"loss_curves_{scale}.png"] = curves
-    samples_arms = present(arms.INITS + arms.UNCONDITIONAL)
+    samples_arms = present(arms.INITS + arms.UNCONDITIONAL + arms.LONG)
     random_tokenizer = any("random" in str(r.provenance.get("data", {}).get("image_tokenizer_weights", ""))
                            for a in samples_arms for r in a.runs)
     grid = figures.sample_grids(samples_arms, scale, random_tokenizer)
@@ -143,19 +144,21 @@ def _small_world(collection: Collection, scale: str, inits: list[Arm]) -> dict[s
         report = record.final("reconstruction")
         if report is None:
             continue
-        tokenizer_rows.append({"run": (record.name, record.link), "report": report,
+        tokenizer_rows.append({"run": (record.name, record.link), "report": report, "label": None,
                                "steps": record.final_step,
                                "used": report.get("fingerprint") in used_tokenizers if used_tokenizers else None})
         png = record.run.path / "eval" / f"reconstruction@{record.final_step}.png"
         if grid is None and png.exists():
             grid, grid_png = f"reconstruction_{scale}.png", png.read_bytes()
-    classifier_rows = []
+    tokenizer_rows += _published_rows(trained, "data", "image_tokenizer")
+    classifier_rows = _published_rows(trained, "eval", "features")
     for record in (classifiers.runs if classifiers else []):
         report = record.final("classifier")
         if report is None:
             continue
         used = any(f"sha256:{report.get('sha256')}" in e for e in extractors) if extractors else None
         classifier_rows.append({"run": (record.name, record.link), "report": report, "steps": record.final_step,
+                                "label": None,
                                 "used": used})
     untrained = collection.arm(scale, "random_init")
     long_runs = collection.arm(scale, "random_init_long")
@@ -167,7 +170,7 @@ def _small_world(collection: Collection, scale: str, inits: list[Arm]) -> dict[s
                                                   if r.get("compliance")]),
                           "n": len(reference), "metric": reference[0]["metric"] if reference else None},
             "first_step": [{"arm": a.name, **_first_step_losses(a)} for a in inits],
-            "long": [_long_run_row(r) for r in (long_runs.runs if long_runs else [])],
+            "long_runs": [_long_run_row(r) for r in (long_runs.runs if long_runs else [])],
             "arm_steps": untrained.runs[0].final_step if untrained and untrained.runs else "-"}
 
 
@@ -190,6 +193,21 @@ def _beyond(collection: Collection, scale: str, verdicts: list[Verdict]) -> tupl
                           facts=metrics.task_accuracy("facts_probe")) for a in present],
             "verdicts": [v for v in verdicts if v.claim.get("question") == question["id"]]})
     return questions, drawn
+
+
+def _published_rows(trained: list[Record], section: str, key: str) -> list[dict[str, Any]]:
+    """The published artifact the trained arms used (their config's `<section>.<key>`), with the
+    report its own run made: what the datasets and FD were built with, whichever CPU made them."""
+    names = sorted({r.config.get(section, {}).get(key) for r in trained} - {None, ""})
+    rows = []
+    for name in names:
+        try:
+            found = artifacts.provenance(artifacts.artifact_path(name, f"{section}.{key}"))
+        except HarnessError:
+            continue
+        rows.append({"run": (name, f"harness/artifacts/{name}"), "report": found["report"], "steps": "-",
+                     "used": True, "label": f"[published `{name}`](harness/artifacts/{name}) (from {found['run']})"})
+    return rows
 
 
 def _long_run_row(record) -> dict[str, Any]:

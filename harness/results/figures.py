@@ -104,7 +104,9 @@ def beyond_curves(arms: list[Arm], scale: str, title: str) -> bytes | None:
         axis.set_xlabel("tokens trained")
         axis.set_ylabel(name)
     axes[2].legend(fontsize=7)
-    figure.suptitle(f"{title} ({scale} scale); dashed: the LM before image-caption training", fontsize=9)
+    before = any(a.runs[0].experiment == "pretrain_text" for a in arms)
+    note = "; dashed: the LM before image-caption training" if before else ""
+    figure.suptitle(f"{title} ({scale} scale){note}", fontsize=9)
     figure.tight_layout()
     return _png(figure)
 

@@ -65,8 +65,9 @@ def beyond_stages(scale: str, seeds: int) -> list[list[str]]:
     value, so the paper's own arms it compares against are part of it (done runs are skipped)."""
     seed = f"seed={','.join(str(s) for s in range(seeds))}"
     sizes = ",".join([scale_defaults(scale)["model"], *arms.OTHER_LM_SIZES[scale]])
+    datasets = ",".join([scale_defaults(scale)["data"], arms.OTHER_TOKENIZER_DATA[scale]])
     return [["experiment=text_loss_weighting", seed], ["experiment=text_mixing", seed],
-            ["experiment=lm_sizes", f"model={sizes}", seed]]
+            ["experiment=lm_sizes", f"model={sizes}", seed], ["experiment=tokenizers", f"data={datasets}", seed]]
 
 
 def reproduce(overrides: list[str], seeds: int = 3, output: Path = Path("RESULTS.md"),

@@ -190,7 +190,7 @@ def _train_step(engine, tokens: torch.Tensor, config: RunConfig, layout: VocabLa
     text_weight, mixing = config.train.text_loss_weight, bool(config.data.text_mix)
     micro_batches = tokens.split(config.train.micro_batch)
     # Collectives run on the engine's device: NCCL cannot reduce CPU tensors.
-    totals = torch.tensor([[count_targets(mb, layout), float(target_weights(mb[:, 1:], layout, text_weight).sum())]
+    totals = torch.tensor([[count_targets(mb, layout), float(target_weights(mb[:, 1:], layout, text_weight).sum(dtype=torch.float64))]
                            for mb in micro_batches], dtype=torch.float64).sum(0).to(engine.device)
     dist.all_reduce(totals)
     global_targets, global_weight = int(totals[0].item()), float(totals[1].item())

@@ -45,7 +45,7 @@ def test_the_image_evaluation_runs_at_smoke_scale_through_submit(tmp_path, smoke
     grids = sorted(p.read_bytes() for p in (run_dir / "eval" / "image@20" / "samples").glob("*.png"))
     again = run_cli("submit", "experiment=eval_image", "scale=smoke", f"run=random_init/{run_dir.name}",
                     "step=20", "eval.parts=2", "eval.samples=24", "eval.top_k=4", *paths)
-    assert again.returncode != 0 and "already holds an evaluation" in again.stdout + again.stderr
+    assert again.returncode != 0 and "already holds an evaluation made with other settings" in again.stdout + again.stderr
     assert json.loads((run_dir / "eval" / "image@20.json").read_text()) == result
     assert sorted(p.read_bytes() for p in (run_dir / "eval" / "image@20" / "samples").glob("*.png")) == grids
 

@@ -92,32 +92,19 @@ WORLD_SHORT = ("tokenizer_training.steps=4", "tokenizer_training.eval_images=16"
                "classifier_training.eval_images=16")
 
 
-def test_reproduce_beyond_runs_the_open_questions_and_reports_each(tmp_path, data_root):
-    runs_root = tmp_path / "runs"
-    result = run_cli("reproduce", "--beyond", "--seeds", "1", "--output", str(tmp_path / "RESULTS.md"),
-                     *micro_args(runs_root, data_root, "train.steps=4"), timeout=900)
+@pytest.fixture(scope="module")
+def micro_reproduction(tmp_path_factory, data_root) -> tuple[Path, list[str]]:
+    """`harness reproduce --seeds 1` at micro scale, once: its directory and the overrides it ran with."""
+    root = tmp_path_factory.mktemp("reproduction")
+    overrides = micro_args(root / "runs", data_root, "train.keep_at_tokens=[3000]", *WORLD_SHORT)
+    result = run_cli("reproduce", "--seeds", "1", "--output", str(root / "RESULTS.md"), *overrides, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    records, _ = read_records(runs_root, tmp_path)
-    arms = {arm for (scale, arm) in collect(records).arms}
-    assert {"random_init", "pretrained", "random_init[text x10]", "pretrained[text x30]", "pretrained[mix 0.1]",
-            "pretrained[mix 0.3]", "random_init[model micro_d16]", "pretrained[model smoke_d64]",
-            "pretrain_text[model micro_d16]"} <= arms
-    text = (tmp_path / "RESULTS.md").read_text()
-    beyond = text.split("### Beyond the paper (micro scale)")[1].split("### Runs averaged in")[0]
-    for title in ("Text-loss weighting", "Complex-text mixing", "LM size"):
-        assert f"#### {title}" in beyond
-    for hypothesis in ("weighted_text_advantage_kept", "mixing_keeps_facts", "image_loss_same_larger_lm"):
-        assert f"**{hypothesis}**" in beyond
-    assert "weighted_text_advantage_kept" not in text.split("### Main comparison")[0]  # apart from the paper's
-    assert {p.name for p in (tmp_path / FIGURES).glob("beyond_*")} == {
-        "beyond_text_loss_weighting_micro.png", "beyond_text_mixing_micro.png", "beyond_lm_sizes_micro.png"}
+    return root, overrides
 
 
-def test_reproduce_runs_every_experiment_and_its_evaluations_then_collects(tmp_path, data_root):
+def test_reproduce_runs_every_experiment_and_its_evaluations_then_collects(micro_reproduction):
+    tmp_path, _ = micro_reproduction
     runs_root = tmp_path / "runs"
-    result = run_cli("reproduce", "--seeds", "1", "--output", str(tmp_path / "RESULTS.md"),
-                     *micro_args(runs_root, data_root, "train.keep_at_tokens=[3000]", *WORLD_SHORT), timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     experiments = {p.name for p in runs_root.iterdir() if not p.name.startswith(".")}
     assert experiments == {"train_tokenizer", "train_classifier", "pretrain_text", "align", "random_init",
                            "random_init_long", "pretrained", "pretrained_aligned",
@@ -135,6 +122,31 @@ def test_reproduce_runs_every_experiment_and_its_evaluations_then_collects(tmp_p
     assert "### The small world's instruments (micro scale)" in text
     assert (tmp_path / FIGURES / "reconstruction_micro.png").exists()
     assert (tmp_path / FIGURES / "loss_curves_micro.png").exists()
+
+
+def test_reproduce_beyond_runs_the_open_questions_and_reports_each(micro_reproduction):
+    # Into the same runs root: the paper's own arms it compares against are already done there.
+    tmp_path, overrides = micro_reproduction
+    runs_root = tmp_path / "runs"
+    result = run_cli("reproduce", "--beyond", "--seeds", "1", "--output", str(tmp_path / "RESULTS.md"), *overrides,
+                     timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records, _ = read_records(runs_root, tmp_path)
+    arms = {arm for (scale, arm) in collect(records).arms}
+    assert {"random_init", "pretrained", "random_init[text x10]", "pretrained[text x30]", "pretrained[mix 0.1]",
+            "pretrained[mix 0.3]", "random_init[model micro_d16]", "pretrained[model smoke_d64]",
+            "pretrain_text[model micro_d16]", "random_init[data micro_c64]", "pretrained[data micro_c64]"} <= arms
+    text = (tmp_path / "RESULTS.md").read_text()
+    beyond = text.split("### Beyond the paper (micro scale)")[1].split("### Runs averaged in")[0]
+    for title in ("Text-loss weighting", "Complex-text mixing", "LM size", "Image tokenizer"):
+        assert f"#### {title}" in beyond
+    for hypothesis in ("weighted_text_advantage_kept", "mixing_keeps_facts", "image_loss_same_larger_lm",
+                       "image_loss_same_other_tokenizer"):
+        assert f"**{hypothesis}**" in beyond
+    assert "weighted_text_advantage_kept" not in text.split("### Main comparison")[0]  # apart from the paper's
+    assert {p.name for p in (tmp_path / FIGURES).glob("beyond_*")} == {
+        "beyond_text_loss_weighting_micro.png", "beyond_text_mixing_micro.png", "beyond_lm_sizes_micro.png",
+        "beyond_tokenizers_micro.png"}
 
 
 def test_an_fd_from_another_sample_count_is_neither_averaged_nor_compared(tmp_path):

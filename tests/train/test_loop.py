@@ -56,6 +56,11 @@ def test_a_knob_out_of_range_exits_2_naming_the_key(tmp_path, data_root, bad, na
     assert result.returncode == 2 and named in result.stderr and f"command line: {bad}" in result.stderr
 
 
-def test_a_text_mix_outside_image_caption_training_is_refused(tmp_path, data_root):
-    result = run_cli("submit", "--dry-run", "experiment=caption_lm", "data.text_mix=0.1", *micro_args(tmp_path, data_root))
-    assert result.returncode == 2 and "data.text_mix" in result.stderr and "caption_text" in result.stderr
+@pytest.mark.parametrize("experiment, knob, named", [
+    ("caption_lm", "data.text_mix=0.1", "data.corpus 'caption_text'"),
+    ("pretrain_text", "train.text_loss_weight=10", "data.corpus 'text'"),
+    ("eval_image", "train.text_loss_weight=10", "job 'eval_image'"),
+])
+def test_a_knob_outside_image_caption_training_is_refused(tmp_path, data_root, experiment, knob, named):
+    result = run_cli("submit", "--dry-run", f"experiment={experiment}", knob, *micro_args(tmp_path, data_root))
+    assert result.returncode == 2 and knob.split("=")[0] in result.stderr and named in result.stderr
