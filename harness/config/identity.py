@@ -39,7 +39,7 @@ def identity_of(config: RunConfig, data_hash: str) -> dict[str, Any]:
 def without_neutral_defaults(values: dict[str, Any]) -> dict[str, Any]:
     """A config dict without the keys that sit at their neutral value (a copy where one is removed)."""
     for (section, key), neutral in NEUTRAL_DEFAULTS.items():
-        if values.get(section, {}).get(key, neutral) == neutral and key in values.get(section, {}):
+        if key in values.get(section, {}) and values[section][key] == neutral:
             values = {**values, section: {k: v for k, v in values[section].items() if k != key}}
     return values
 

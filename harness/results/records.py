@@ -44,7 +44,7 @@ def beyond_tags(config: dict[str, Any]) -> list[str]:
         tags.append(f"mix {mix:g}")
     defaults = scale_defaults(config["scale"])
     model, data = config.get("model", {}).get("name"), config.get("data", {}).get("name")
-    if config["experiment"] != "caption_lm" and model and model != defaults.get("model", model):
+    if model and model != defaults.get("model", model):
         tags.append(f"model {model}")
     if data and data != defaults.get("data", data):
         tags.append(f"data {data}")
