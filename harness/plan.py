@@ -144,17 +144,17 @@ def _part_runs(config: RunConfig, overrides: tuple[str, ...], data: dict) -> lis
 def _data_of(config: RunConfig, log, allow_missing_data: bool) -> dict:
     try:
         dataset = ensure_dataset(config.data, Path(config.paths.data_root), log=log)
-        if config.data.text_mix:  # the documents it mixes in: refused here, not on the cluster
-            try:
-                dataset.shard_entries("text", "train")
-            except HarnessError as exc:
-                raise HarnessError(f"data.text_mix={config.data.text_mix:g} needs pre-training documents: {exc}") from None
-        return describe(dataset)
     except HarnessError as exc:
         if not allow_missing_data:
             raise
         log(f"warning: {exc}; run ids below are provisional")
         return {"name": config.data.name, "hash": "missing"}
+    if config.data.text_mix:  # the documents it mixes in: refused here (a dry run too), not on the cluster
+        try:
+            dataset.shard_entries("text", "train")
+        except HarnessError as exc:
+            raise HarnessError(f"data.text_mix={config.data.text_mix:g} needs pre-training documents: {exc}") from None
+    return describe(dataset)
 
 
 def _check_reference(config: RunConfig, key: str, warn=None) -> RunConfig:

@@ -183,15 +183,17 @@ def _beyond(collection: Collection, scale: str, verdicts: list[Verdict]) -> tupl
         present = [a for a in (collection.arm(scale, n) for n in names) if a is not None]
         if not any("[" in a.name for a in present):  # only the paper's own arms: nothing asked yet
             continue
-        figure = figures.beyond_curves(present, scale, question["title"])
+        asked = [v for v in verdicts if v.claim.get("question") == question["id"]]
+        # Language is measured only where a hypothesis reads it (reproduce --beyond evaluates no more).
+        language = any(v.claim["metric"].startswith("task:") for v in asked)
+        figure = figures.beyond_curves(present, scale, question["title"], language)
         name = f"beyond_{question['id']}_{scale}.png"
         if figure:
             drawn[name] = figure
-        questions.append({
-            **question, "figure": name if figure else None,
-            "rows": [_row(a, loss_image=metrics.val_loss("image"), loss_text=metrics.val_loss("text"),
-                          facts=metrics.task_accuracy("facts_probe")) for a in present],
-            "verdicts": [v for v in verdicts if v.claim.get("question") == question["id"]]})
+        columns = {"loss_image": metrics.val_loss("image"), "loss_text": metrics.val_loss("text"),
+                   **({"facts": metrics.task_accuracy("facts_probe")} if language else {})}
+        questions.append({**question, "figure": name if figure else None, "language": language,
+                          "rows": [_row(a, **columns) for a in present], "verdicts": asked})
     return questions, drawn
 
 

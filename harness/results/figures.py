@@ -72,18 +72,19 @@ def loss_curves(arms: list[Arm], scale: str) -> bytes | None:
 
 
 @_styled
-def beyond_curves(arms: list[Arm], scale: str, title: str) -> bytes | None:
+def beyond_curves(arms: list[Arm], scale: str, title: str, language: bool) -> bytes | None:
     """A question beyond the paper, per arm (seeds' mean): training caption and image loss vs
-    tokens, and the facts-probe accuracy at every evaluated step (the forgetting curve)."""
+    tokens, and where the question reads language, the facts-probe accuracy at every evaluated step
+    (the forgetting curve)."""
     arms = [a for a in arms if a.runs and all(r.metrics for r in a.runs)]
     if not arms:
         return None
     from matplotlib.ticker import EngFormatter
 
-    figure, axes = _figure(nrows=1, ncols=3, figsize=(12, 3.4))
+    figure, axes = _figure(nrows=1, ncols=3 if language else 2, figsize=(12 if language else 8, 3.4))
     for index, arm in enumerate(arms):
         style = {"color": f"C{index % 10}", "label": f"{arm.name} (n={len(arm.runs)})", "linewidth": 1.2}
-        probe = _facts_probe(arm)
+        probe = _facts_probe(arm) if language else []
         if arm.runs[0].experiment == "pretrain_text":  # the LM before image-caption training: a level
             if probe:
                 axes[2].axhline(probe[-1][1], linestyle="--", **style)
@@ -103,8 +104,8 @@ def beyond_curves(arms: list[Arm], scale: str, title: str) -> bytes | None:
         axis.xaxis.set_major_formatter(EngFormatter(sep=""))
         axis.set_xlabel("tokens trained")
         axis.set_ylabel(name)
-    axes[2].legend(fontsize=7)
-    before = any(a.runs[0].experiment == "pretrain_text" for a in arms)
+    axes[-1].legend(fontsize=7)
+    before = language and any(a.runs[0].experiment == "pretrain_text" for a in arms)
     note = "; dashed: the LM before image-caption training" if before else ""
     figure.suptitle(f"{title} ({scale} scale){note}", fontsize=9)
     figure.tight_layout()

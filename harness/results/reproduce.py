@@ -100,7 +100,8 @@ def reproduce(overrides: list[str], seeds: int = 3, output: Path = Path("RESULTS
 
 def evaluation_stages(runs: list[RunDir], beyond: bool = False) -> list[list[str]]:
     """The evaluations of trained runs. Beyond the paper, the hypotheses read held-out losses (written
-    by training) and the pre-trained runs' facts probe: only those language evaluations run."""
+    by training) and the facts probe of the pre-trained runs that keep more text: only those
+    language evaluations run."""
     stages = []
     for run in sorted(runs, key=lambda r: r.name):
         if not run.config_path.exists():
@@ -109,9 +110,8 @@ def evaluation_stages(runs: list[RunDir], beyond: bool = False) -> list[list[str
         if config.job != "train":
             continue
         if beyond:
-            if config.experiment in LANGUAGE_AT_KEPT_STEPS:
+            if config.experiment in LANGUAGE_AT_KEPT_STEPS and _keeps_more_text(config):
                 stages += [["experiment=eval_language", f"run={run.name}", f"step={step}"] for step in kept_steps(run)]
-            if config.experiment in LANGUAGE_AT_KEPT_STEPS + ("pretrain_text",):
                 stages.append(["experiment=eval_language", f"run={run.name}"])
             continue
         if config.data.corpus in WITH_IMAGES:
@@ -123,6 +123,12 @@ def evaluation_stages(runs: list[RunDir], beyond: bool = False) -> list[list[str
         if config.experiment in LANGUAGE_AT_KEPT_STEPS + LANGUAGE_AT_END:
             stages.append(["experiment=eval_language", f"run={run.name}"])
     return stages
+
+
+def _keeps_more_text(config) -> bool:
+    """A run of the text-weighting or text-mixing questions: the only ones whose hypotheses read
+    language (the neutral runs they compare with are the paper's own, evaluated by its reproduction)."""
+    return config.train.text_loss_weight != 1 or config.data.text_mix > 0
 
 
 def kept_steps(run: RunDir) -> list[int]:

@@ -1,6 +1,7 @@
 """The training step's loss knobs (train.text_loss_weight, data.text_mix), through `harness submit`."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -64,3 +65,19 @@ def test_a_knob_out_of_range_exits_2_naming_the_key(tmp_path, data_root, bad, na
 def test_a_knob_outside_image_caption_training_is_refused(tmp_path, data_root, experiment, knob, named):
     result = run_cli("submit", "--dry-run", f"experiment={experiment}", knob, *micro_args(tmp_path, data_root))
     assert result.returncode == 2 and knob.split("=")[0] in result.stderr and named in result.stderr
+
+
+def test_a_text_mix_on_a_dataset_without_documents_is_refused_before_anything_is_written(tmp_path, data_root):
+    (built,) = [d for d in data_root.iterdir() if (d / "manifest.json").exists()]
+    captions_only = tmp_path / "data" / built.name
+    shutil.copytree(built, captions_only)
+    manifest = json.loads((captions_only / "manifest.json").read_text())
+    del manifest["corpora"]["text"]
+    (captions_only / "manifest.json").write_text(json.dumps(manifest))
+    runs_root = tmp_path / "runs"
+    for dry_run in (["--dry-run"], []):
+        result = run_cli("submit", *dry_run, "experiment=random_init", "data.text_mix=0.1",
+                         *micro_args(runs_root, tmp_path / "data"))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "data.text_mix=0.1 needs pre-training documents" in result.stderr and "no text/train split" in result.stderr
+    assert not runs_root.exists()
