@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("--runs-root", type=Path, default=None)
     cancel.set_defaults(handler=_cancel)
 
+    tb = commands.add_parser("tb", help="print the command that opens TensorBoard over the runs")
+    tb.add_argument("experiment", nargs="?", help="only this experiment's runs")
+    tb.add_argument("--runs-root", type=Path, default=None)
+    tb.set_defaults(handler=_tb)
+
     collect = commands.add_parser("collect", help="render RESULTS.md from run directories")
     collect.add_argument("--runs-root", type=Path, default=None)
     collect.add_argument("--output", type=Path, default=Path("RESULTS.md"))
@@ -167,6 +172,13 @@ def _list(args: argparse.Namespace) -> int:
     print("\n".join(list_experiments()))
     print("\n".join(f"{group}  (group: experiment={group} submits its experiments together)"
                      for group in list_groups()))
+    return 0
+
+
+def _tb(args: argparse.Namespace) -> int:
+    from harness.tracking import tensorboard_command
+
+    print(tensorboard_command(_runs_root(args.runs_root), args.experiment))
     return 0
 
 

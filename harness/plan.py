@@ -18,7 +18,7 @@ from harness.data.tokenize import raw_fingerprint, shard_tasks
 from harness.errors import HarnessError
 from harness.rundir import RunDir, RunState
 from harness.train import model_file
-from harness.train.sources import is_run_reference, resolve_source
+from harness.train.sources import is_run_reference, resolve_alignment, resolve_source
 
 # Overrides that an upstream run inherits from the command line: where and at what scale it runs,
 # and on which data and architecture. Seeds and training settings belong to the downstream run.
@@ -81,6 +81,10 @@ def _plan_one(composed: ComposedRun, log, allow_missing_data: bool = False) -> l
         return _plan_tokenize(config, composed.overrides)
     if config.job in WORLD_JOBS:
         return _plan_world_job(config, composed.overrides)
+    if config.job == "eval_language":
+        from harness.eval.language import check_task_names
+
+        check_task_names(config)
     upstream: list[PlannedRun] = []
     source: dict | None = None  # what the init.source weights assume, where it can be known now
     for key in upstream_keys(config):
@@ -96,12 +100,28 @@ def _plan_one(composed: ComposedRun, log, allow_missing_data: bool = False) -> l
             config = _check_reference(config, key, log if allow_missing_data else None)
             if key == "init.source":
                 source = _recorded_assumptions(config)
+    _check_done_upstream_weights(config)
     if config.job != "train":
         config = _single_process(config)
     data = _data_of(config, log, allow_missing_data)
     if source is not None:
         _check_assumptions(config, source, data)
     return [*upstream, *_part_runs(config, composed.overrides, data)]
+
+
+def _check_done_upstream_weights(config: RunConfig) -> None:
+    """A done upstream run whose weights are gone (a clone of committed results, which keep no
+    checkpoints) is refused here, not by every job that would start from it."""
+    for key in upstream_keys(config):
+        value = upstream_value(config, key) or ""
+        if key == "eval.run" or not is_run_reference(value):
+            continue
+        upstream = RunDir(Path(config.paths.runs_root) / value)
+        weights = resolve_source(config) if key == "init.source" else resolve_alignment(config)
+        if upstream.state() == RunState.DONE and not weights.exists():
+            raise HarnessError(f"{key}={value}: that run is done but its weights {weights} are missing "
+                               "(checkpoints are not committed with results): restore them (dvc pull) "
+                               f"or move {upstream.path} aside to train it again")
 
 
 def _recorded_assumptions(config: RunConfig) -> dict | None:

@@ -31,6 +31,7 @@ from harness.launch.executor import make_executor, render_sbatch, submit_all
 from harness.launch.image import git_sha_mismatch, identify
 from harness.launch.task import RunTask
 from harness.plan import PlannedRun, plan, upstream_keys, upstream_value
+from harness.progress import StepBar
 from harness.provenance import code_snapshot_id, git_state, submit_provenance
 from harness.rundir import RunDir, RunState, read_metrics
 from harness.status import wait_for
@@ -150,18 +151,21 @@ def _launch_local(planned: PlannedRun, force: bool, images: dict) -> tuple[submi
 
 
 def wait_local(planned: PlannedRun, job: submitit.Job, out: TextIO) -> None:
-    """Follow a local run to its end with a progress line; raise RunFailed naming the cause."""
+    """Follow a local run to its end (a bar on a terminal, a line every 15 s otherwise); raise
+    RunFailed naming the cause."""
     run, steps = planned.run, planned.config.total_steps
-    interactive = out.isatty()
+    bar = StepBar(run.name, steps, out) if out.isatty() else None
     last_shown = 0.0
     while not job.done():
         time.sleep(POLL_S)
-        if interactive or time.time() - last_shown > 15:
-            print(("\r" if interactive else "") + progress_line(run, steps), end="" if interactive else "\n",
-                  file=out, flush=True)
+        if bar is not None:
+            bar.show(*latest_progress(run))
+        elif time.time() - last_shown > 15:
+            print(progress_line(run, steps), file=out, flush=True)
             last_shown = time.time()
-    if interactive:
-        print(file=out)
+    if bar is not None:
+        bar.show(*latest_progress(run))
+        bar.close()
     try:
         job.results()
     except Exception:  # submitit wraps the task's exception; the ranks recorded the cause
@@ -207,18 +211,24 @@ def _summary(planned: PlannedRun) -> str:
 
 
 def progress_line(run: RunDir, steps: int) -> str:
+    step, note = latest_progress(run)
+    return f"{run.name}: starting" if step is None else f"{run.name}: step {step}/{steps}  {note}"
+
+
+def latest_progress(run: RunDir) -> tuple[int | None, str]:
+    """The newest logged step (None before the first) and its losses."""
     records = read_metrics(run.metrics_path)
     if not records:
-        return f"{run.name}: starting"
+        return None, ""
     r = records[-1]
     if "loss_reconstruction" in r:
-        return (f"{run.name}: step {r['step']}/{steps}  reconstruction {_fmt(r['loss_reconstruction'])}  "
-                f"PSNR {r['psnr_train']:.2f} dB  codes restarted {r['restarts']}")
+        return r["step"], (f"reconstruction {_fmt(r['loss_reconstruction'])}  PSNR {r['psnr_train']:.2f} dB  "
+                           f"codes restarted {r['restarts']}")
     if "loss_text" not in r and "loss_image" not in r:
-        return f"{run.name}: step {r['step']}/{steps}  loss {_fmt(r['loss'])}"
+        return r["step"], f"loss {_fmt(r['loss'])}"
     speed = r.get("timing", {}).get("tokens_per_s")
-    return (f"{run.name}: step {r['step']}/{steps}  loss {_fmt(r['loss'])}  text {_fmt(r.get('loss_text'))}"
-            f"  image {_fmt(r.get('loss_image'))}  {speed or 0:.0f} tok/s")
+    return r["step"], (f"loss {_fmt(r['loss'])}  text {_fmt(r.get('loss_text'))}  image {_fmt(r.get('loss_image'))}"
+                       f"  {speed or 0:.0f} tok/s")
 
 
 # --- slurm -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 from harness.config import compose_runs
 from harness.data.vocab import VocabLayout
 from harness.model.open_lm import Architecture, OpenLM
+from harness.plan import plan
 from harness.train.model_file import recorded_assumptions, save_model_file
 from tests.conftest import micro_args, run_cli
 
@@ -56,3 +57,18 @@ def test_an_upstream_planned_in_the_same_submit_is_checked_by_its_config(tmp_pat
     result = run_cli("submit", "experiment=pretrained", *micro_args(tmp_path / "runs", data_root), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_done_upstream_whose_weights_are_gone_is_refused_at_submit_naming_them(tmp_path, data_root):
+    """A clone of committed results holds done runs without checkpoints: refused before any job."""
+    runs_root = tmp_path / "runs"
+    upstream = plan(["experiment=pretrained", *micro_args(runs_root, data_root)], log=lambda _msg: None)[0].run
+    upstream.path.mkdir(parents=True)
+    upstream.config_path.write_text("experiment: pretrain_text\n")
+    upstream.done_path.write_text("done\n")
+    for dry_run in (["--dry-run"], []):
+        result = run_cli("submit", *dry_run, "experiment=pretrained", *micro_args(runs_root, data_root))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"init.source={upstream.name}: that run is done but its weights" in result.stderr
+        assert "checkpoints/final are missing" in result.stderr
+    assert sorted(p.name for p in runs_root.iterdir()) == ["pretrain_text"]

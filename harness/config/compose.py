@@ -53,6 +53,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.preempt_signal": ("USR1", "USR2", "TERM", "INT", "HUP"),
     "launch.executor": ("local", "slurm"),
     "container.runtime": ("none", "apptainer", "docker", "podman"),
+    "logging.wandb_mode": ("online", "offline", "disabled"),
 }
 
 # Keys whose value must lie in a range: (low, high, whether low itself is allowed); high excluded.

@@ -1,9 +1,10 @@
 """Run identity: a short hash of everything that can change a run's results.
 
 Launch-only settings (cluster, container, partition/account/qos, array parallelism, the data and
-runs roots) are left out so that the same experiment run on another cluster keeps its id. The world
-size is kept (it changes the data order per rank and the reduction order), and so is the hash of the
-data actually read. The upstream run of an init is part of `init.source` once resolved.
+runs roots, TensorBoard/W&B logging) are left out so that the same experiment run on another
+cluster keeps its id. The world size is kept (it changes the data order per rank and the reduction
+order), and so is the hash of the data actually read. The upstream run of an init is part of
+`init.source` once resolved.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from harness.config.compose import to_dict
 from harness.config.schema import RunConfig
 
-LAUNCH_ONLY_SECTIONS = ("launch", "container", "paths")
+LAUNCH_ONLY_SECTIONS = ("launch", "container", "logging", "paths")
 # Keys whose effect reaches a run only through a key that is itself in the identity (the train.steps
 # of the experiment that interpolates them): leaving them out keeps every other run's id.
 ONLY_THROUGH_OTHER_KEYS = ("random_init_long_steps",)
@@ -25,6 +26,7 @@ ID_LENGTH = 10
 NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {
     ("train", "text_loss_weight"): 1.0,
     ("data", "text_mix"): 0.0,
+    ("eval", "language_fewshot"): {},
 }
 
 

@@ -208,6 +208,20 @@ class ContainerConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Views of a run while it runs (harness/tracking.py); metrics.jsonl stays the record. Launch-only."""
+
+    # TensorBoard event files in <run>/tb/ (rank 0); `harness tb` prints the command to open them.
+    tensorboard: bool = True
+    # A Weights & Biases run with the harness run id (resumed attempts continue it).
+    wandb: bool = False
+    wandb_project: str = "t2i-pretrained-lm"
+    wandb_entity: str = ""
+    # online | offline (written under <run>/wandb/, `wandb sync` uploads it later) | disabled
+    wandb_mode: str = "online"
+
+
+@dataclass
 class PathsConfig:
     """Roots on the submitting host; made absolute at submit. Launch-only."""
 
@@ -265,9 +279,13 @@ class EvalConfig:
     features: str = ""
     features_sha256: str = ""
     clip: str = ""                 # a transformers CLIPModel directory; unset: no CLIP score
-    # experiment=eval_language: local task files (JSONL; relative to paths.data_root) and prompts
-    # answered greedily, recorded as text.
+    # experiment=eval_language, scored by lm-evaluation-harness: task names (arc_easy, hellaswag, ...;
+    # datasets from the HF cache under <data_root>/hf, offline) or lm_eval task YAML files (relative
+    # to paths.data_root). Synthetic data adds its world's facts_probe and few_shot_sums.
     language_tasks: list[str] = field(default_factory=list)
+    # Few-shot examples per task (task name -> n); a task not named keeps its YAML's (else 0).
+    language_fewshot: dict[str, int] = field(default_factory=dict)
+    # Prompts answered greedily, recorded as text.
     prompts: list[str] = field(default_factory=list)
 
 
@@ -344,6 +362,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     @property

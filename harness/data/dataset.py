@@ -23,6 +23,7 @@ from harness.data.image_tokenizer import ImageTokenizer, tiny_movq_config
 from harness.data.shards import Sample, ShardReader
 from harness.data.vocab import VocabLayout
 from harness.errors import HarnessError
+from harness.progress import progress
 
 BUILDER_KEYS = ("name", "image_size", "codebook_size", "text_vocab_size", "n_train", "n_val",
                 "n_text_train", "n_text_val", "shard_size", "seed", "image_tokenizer", "image_tokenizer_sha256")
@@ -141,13 +142,15 @@ def build_synthetic(config: DataConfig, root: Path, log=print) -> None:
     image_tokenizer.save(staging / "image_tokenizer")
     corpora: dict[str, dict[str, list[dict]]] = {"captions": {}, "text": {}}
     for split, count in (("train", config.n_train), ("val", config.n_val)):
-        samples = _caption_samples(config, split, count, tokenizer, image_tokenizer)
+        samples = progress(_caption_samples(config, split, count, tokenizer, image_tokenizer), count,
+                           f"{config.name} {split} images", "image", log)
         corpora["captions"][split] = shards.write_shards(samples, staging / "captions", split, config.shard_size)
     if image_tokenizer.near_boundary:  # see portable.py: the only latents another CPU could round otherwise
         log(f"warning: {image_tokenizer.near_boundary} latent value(s) lie within {portable.NEAR:g} of a rounding "
             "boundary: this build may differ in those codes on another CPU")
     for split, count in (("train", config.n_text_train), ("val", config.n_text_val)):
-        samples = _text_samples(config, split, count, tokenizer)
+        samples = progress(_text_samples(config, split, count, tokenizer), count, f"{config.name} {split} documents",
+                           "doc", log)
         corpora["text"][split] = shards.write_shards(samples, staging / "text", split, config.shard_size)
     shards.write_manifest(staging, {
         "name": config.name,

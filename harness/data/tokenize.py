@@ -33,6 +33,7 @@ from harness.config.schema import DataConfig, RunConfig
 from harness.data import raw, shards
 from harness.data.dataset import dataset_dir
 from harness.errors import HarnessError, run_job
+from harness.progress import progress
 
 SPLITS = ("train", "val")
 EXAMPLE_KEYS = 5  # skipped sample keys kept per reason in a report
@@ -89,7 +90,7 @@ def tokenize_part(config: RunConfig, data_root: Path, log: Callable[[str], None]
     mine = tasks[config.tokenize.part::config.tokenize.parts]
     tokenizers = Tokenizers.load(config.data, data_root, config.tokenize.device)
     done, totals = 0, Counter()
-    for task in mine:
+    for task in progress(mine, len(mine), f"tokenize part {config.tokenize.part}", "shard"):
         report = _finished_report(out, task)
         if report is None:
             started = time.time()

@@ -34,7 +34,9 @@ from harness.eval import compliance, fid
 from harness.eval.generate import Sampling, generate
 from harness.eval.target import load_model, trained_config
 from harness.eval.losses import held_out_losses, val_positions, write_val_loss
+from harness.progress import progress
 from harness.rundir import RunDir, utc_now
+from harness.tracking import log_evaluation
 
 
 def evaluate_image(config: RunConfig, log=print) -> dict | None:
@@ -69,14 +71,15 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     tokenizer = ImageTokenizer.load(dataset.root / dataset.manifest["image_tokenizer"]["directory"],
                                     dataset.manifest["image_tokenizer"]["weights"], device=device)
     images = _generate_images(model, tokenizer, captions, dataset, sampling, settings.batch_size, first,
-                              with_text=trained.data.corpus in WITH_TEXT)
+                              with_text=trained.data.corpus in WITH_TEXT, log=log)
     _save_grids(images, out / "samples", f"part{settings.part:03d}", settings.grid)
     # The real images' statistics are cached once per (dataset, extractor, count): read and
     # featurise them only while that cache does not exist.
     real = None
     if not _reference_cache(dataset, extractor, settings.samples).exists():
-        real = extractor.features(np.stack(list(_real_images(eval_data, [c.sample_id for c in captions],
-                                                              dataset.root.parent))))
+        ids = [c.sample_id for c in captions]
+        real = extractor.features(np.stack(list(progress(_real_images(eval_data, ids, dataset.root.parent),
+                                                         len(ids), "real images", "image", log))))
     # The synthetic world's captions can be checked against the images (compliance.py); real ones cannot.
     checked = (compliance.tally(images, [c.text for c in captions])
                if dataset.manifest.get("kind") == "synthetic" else None)
@@ -85,7 +88,18 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     result = _finalize(out, config, extractor, dataset, target, step, sampling)
     if result is not None:
         log(f"{result['metric']} {result['value']:.3f} over {result['samples']} samples -> {result['file']}")
+        log_evaluation(config, target, step, _scalars(result))
     return result
+
+
+def _scalars(result: dict) -> dict[str, float | None]:
+    """What the views show of an image evaluation."""
+    shown = {"fd" if "FD" in result["metric"] else "fid": result["value"], "clip_score": (result.get("clip_score") or {}).get("value")}
+    if result.get("compliance"):
+        shown["compliance_whole_caption"] = result["compliance"]["whole_caption"]
+        shown.update({f"compliance_{name}": found["accuracy"]
+                      for name, found in result["compliance"]["attributes"].items()})
+    return shown
 
 
 def _earlier_result(result_path: Path, wanted: dict) -> dict | None:
@@ -213,13 +227,14 @@ def _real_images(data, sample_ids: list[str], data_root: Path) -> Iterator[np.nd
 
 
 def _generate_images(model, tokenizer, captions, dataset, sampling, batch_size, first: int,
-                     with_text: bool = True) -> np.ndarray:
+                     with_text: bool = True, log=None) -> np.ndarray:
     """Each sample draws from a generator seeded by (eval.seed, its global index `first + i`; see
     generate.sample_seed): parts and batch sizes do not change which image a caption gets."""
     layout = dataset.layout("captions")
     per_image = dataset.manifest["image_tokenizer"]["tokens_per_image"]
     images = []
-    for start in range(0, len(captions), batch_size):
+    batches = range(0, len(captions), batch_size)
+    for start in progress(batches, len(batches), "generate", "batch", log):
         chunk = captions[start:start + batch_size]
         codes = generate(model, [c.text_ids.tolist() for c in chunk], layout, per_image, sampling,
                          with_text=with_text, first_index=first + start)

@@ -37,6 +37,7 @@ from harness.train import checkpoints, model_file
 from harness.train.batches import step_batches
 from harness.train.export import consolidated_state_dict
 from harness.train.losses import LossSums, count_targets, split_sums, token_losses
+from harness.tracking import Trackers
 from harness.train.metrics import MetricsWriter, truncate_after
 from harness.train.preemption import CHECKPOINTED_EXIT, StopFlag, agree
 from harness.train.schedule import warmup_cosine
@@ -107,7 +108,17 @@ def _corpus_stream(config: RunConfig, dataset, corpus: str, layout_corpus: str, 
 def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream | MixedStream, layout: VocabLayout,
           start: checkpoints.Resume, stop: StopFlag, client: dict, dataset) -> None:
     train_cfg, rank, world = config.train, dist.get_rank(), dist.get_world_size()
-    metrics = MetricsWriter(run.metrics_path) if rank == 0 else None
+    metrics = MetricsWriter(run.metrics_path, Trackers(run, config, start.step)) if rank == 0 else None
+    try:
+        _steps(run, config, engine, stream, layout, start, stop, client, dataset, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _steps(run: RunDir, config: RunConfig, engine, stream: RankStream | MixedStream, layout: VocabLayout,
+           start: checkpoints.Resume, stop: StopFlag, client: dict, dataset, metrics: MetricsWriter | None) -> None:
+    train_cfg, rank, world = config.train, dist.get_rank(), dist.get_world_size()
     ids_log = _sample_id_log(run, config, rank, start.step)
     keep_marks = sorted(train_cfg.keep_at_tokens)
     tokens_seen, started, last_save = start.tokens, time.time(), time.time()
@@ -139,7 +150,7 @@ def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream | MixedStre
             if rank == 0:
                 checkpoints.prune(run.checkpoints, train_cfg.keep_last)
         if done == train_cfg.steps or (train_cfg.eval_every_steps and done % train_cfg.eval_every_steps == 0):
-            _held_out(run, config, engine, dataset, done)
+            _held_out(run, config, engine, dataset, done, metrics)
         if preempt and done < train_cfg.steps:
             raise Checkpointed(f"checkpointed at step {done} on request")
     if ids_log is not None:
@@ -151,12 +162,13 @@ def _loop(run: RunDir, config: RunConfig, engine, stream: RankStream | MixedStre
                                    client["text_tokenizer"])
 
 
-def _held_out(run: RunDir, config: RunConfig, engine, dataset, step: int) -> None:
+def _held_out(run: RunDir, config: RunConfig, engine, dataset, step: int, metrics: MetricsWriter | None) -> None:
     """Held-out losses on the validation split, every rank scoring its share."""
     losses = held_out_losses(engine.module, dataset, config.data.corpus, config.data.seq_len,
                              config.train.micro_batch, limit=config.train.eval_samples)
-    if dist.get_rank() == 0:
+    if metrics is not None:
         write_val_loss(run.path, step, losses, dataset.data_hash)
+        metrics.held_out(step, losses)
         print(f"held-out at step {step}: loss_text {losses['loss_text']}  loss_image {losses['loss_image']}", flush=True)
 
 

@@ -13,16 +13,30 @@ from pathlib import Path
 from typing import Any
 
 from harness.rundir import TIMING_KEY, read_metrics
+from harness.tracking import Trackers
 
 
 class MetricsWriter:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    """metrics.jsonl, and the same values to the run's trackers (TensorBoard, W&B) by step."""
+
+    def __init__(self, path: Path, trackers: Trackers | None = None) -> None:
+        self.path, self.trackers = path, trackers
 
     def write(self, record: dict[str, Any], timing: dict[str, float]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({**record, TIMING_KEY: timing}) + "\n")
             f.flush()
+        if self.trackers is not None:
+            shown = {f"train/{k}": v for k, v in record.items() if k != "step"}
+            self.trackers.log({**shown, "train/tokens_per_s": timing.get("tokens_per_s")}, record["step"])
+
+    def held_out(self, step: int, losses: dict[str, Any]) -> None:
+        if self.trackers is not None:
+            self.trackers.log({f"val/{k}": v for k, v in losses.items()}, step)
+
+    def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 def truncate_after(path: Path, step: int) -> None:
