@@ -26,9 +26,6 @@ FIGURES = "figures"
 PAPER_FID = {"random_init": "12.27 or 12.21 (secondary; order unconfirmed)",
              "pretrained": "12.21 or 12.27 (secondary; order unconfirmed)"}
 FREEZING = ("pretrained", *arms.FREEZING)  # beside its unfrozen baseline
-LANGUAGE_TASKS = ("facts_probe", "few_shot_sums")
-
-
 @dataclass(frozen=True)
 class Report:
     text: str
@@ -268,13 +265,21 @@ def _language(before: Arm | None, after: Arm | None, random: Arm | None) -> dict
     if random:
         columns.append(("random_init, end", random, None))
     rows = []
-    for task in LANGUAGE_TASKS:
+    for task in _tasks_of([r for a in (before, after, random) if a for r in a.runs]):
         cells = [_stat(arm, metrics.task_accuracy(task, step)) for _, arm, step in columns]
         chance = mean_std((before or after).values(metrics.task_chance(task)))[0]
         if any(c["n"] or c["mixed"] for c in cells):
             rows.append({"task": task, "chance": chance, "cells": cells})
-    return {"columns": [c[0] for c in columns], "rows": rows,
-            "runs": [(r.name, r.link) for a in (before, after, random) if a for r in a.runs]}
+    runs = [r for a in (before, after, random) if a for r in a.runs]
+    scorers = sorted({found.get("scorer", "unrecorded") for r in runs for found in r.at_steps("language").values()})
+    return {"columns": [c[0] for c in columns], "rows": rows, "scorers": scorers,
+            "runs": [(r.name, r.link) for r in runs]}
+
+
+def _tasks_of(runs: list[Record]) -> list[str]:
+    """Every language task the runs were scored on, in the order first met."""
+    names = [task for r in runs for found in r.at_steps("language").values() for task in found.get("tasks", {})]
+    return list(dict.fromkeys(names))
 
 
 def _prompts(before: Arm | None, after: Arm | None) -> list[dict[str, str]]:
