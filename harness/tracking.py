@@ -9,6 +9,7 @@ and W&B resumes the run of the same id (`resume="allow"`), online or offline.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +22,61 @@ STEP_METRIC = "trainer/step"
 
 
 class Trackers:
-    """TensorBoard and W&B, as configured, for one run directory. `step` is the trained step."""
+    """TensorBoard and W&B, as configured, for one run directory. `step` is the trained step.
+    `resumed_step`: where a training attempt starts (its earlier attempts' later steps are hidden);
+    None for an evaluation, which adds to the views without hiding anything. A tracker that fails
+    (no network for W&B, a full disk) is dropped with a warning: it never stops the work it watches."""
 
-    def __init__(self, run: RunDir, config: RunConfig, resumed_step: int = 0, job: str | None = None) -> None:
-        self.tensorboard = _tensorboard(run, config, resumed_step, job or config.job)
-        self.wandb = _wandb_run(run, config, job or config.job) if config.logging.wandb else None
+    def __init__(self, run: RunDir, config: RunConfig, resumed_step: int | None = None, job: str | None = None) -> None:
+        job = job or config.job
+        self.tensorboard = _guarded("TensorBoard", lambda: _tensorboard(run, config, resumed_step, job))
+        self.wandb = _guarded("W&B", lambda: _wandb_run(run, config, job, resumed_step is not None)) \
+            if config.logging.wandb else None
 
     def log(self, scalars: dict[str, Any], step: int) -> None:
         """Numbers only: None (a modality the step did not have) and non-numbers are skipped."""
         kept = {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if self.tensorboard is not None:
-            for tag, value in kept.items():
-                self.tensorboard.add_scalar(tag, value, step)
-            self.tensorboard.flush()
-        if self.wandb is not None and kept:
-            self.wandb.log({**kept, STEP_METRIC: step})
+        if self.tensorboard is not None and not _guarded("TensorBoard", lambda: _add(self.tensorboard, kept, step)):
+            self.tensorboard = None
+        if self.wandb is not None and kept and not _guarded("W&B", lambda: self.wandb.log({**kept, STEP_METRIC: step}) or True):
+            self.wandb = None
 
     def close(self) -> None:
         if self.tensorboard is not None:
-            self.tensorboard.close()
+            _guarded("TensorBoard", lambda: self.tensorboard.close())
         if self.wandb is not None:
-            self.wandb.finish()
+            _guarded("W&B", lambda: self.wandb.finish())
 
 
-def _tensorboard(run: RunDir, config: RunConfig, resumed_step: int, job: str):
+def _add(writer, scalars: dict[str, float], step: int) -> bool:
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, step)
+    writer.flush()
+    return True
+
+
+def _guarded(name: str, action):
+    try:
+        return action()
+    except HarnessError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a view of the run must not end the run
+        print(f"warning: {name} logging stopped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
+def _tensorboard(run: RunDir, config: RunConfig, resumed_step: int | None, job: str):
     if not config.logging.tensorboard:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    # purge_step: the events a previous attempt logged after the checkpoint this one resumes from
-    # are hidden, so replayed steps are not drawn twice.
-    return SummaryWriter(str(run.path / TB_DIR), purge_step=resumed_step + 1 if resumed_step else None,
+    # purge_step: the events earlier attempts logged after the step this one starts from (0 for a
+    # fresh start) are hidden, so replayed steps are not drawn twice.
+    return SummaryWriter(str(run.path / TB_DIR), purge_step=None if resumed_step is None else resumed_step + 1,
                          filename_suffix=f".{job}")
 
 
-def _wandb_run(run: RunDir, config: RunConfig, job: str):
+def _wandb_run(run: RunDir, config: RunConfig, job: str, training: bool):
     try:
         import wandb
     except ImportError:
@@ -68,7 +89,9 @@ def _wandb_run(run: RunDir, config: RunConfig, job: str):
     # W&B run, and evaluations of its checkpoints join it.
     found = wandb.init(project=settings.wandb_project, entity=settings.wandb_entity or None, id=run.run_id,
                        name=run.name, group=run.experiment, job_type=job, resume="allow", mode=settings.wandb_mode,
-                       dir=str(run.path), config=to_dict(config), settings=wandb.Settings(console="off"))
+                       dir=str(run.path), settings=wandb.Settings(console="off"),
+                       # the run's config is the training's; an evaluation adds values, not settings
+                       config=to_dict(config) if training else None)
     # Every value is drawn against the trained step, whichever job logs it (an evaluation of a kept
     # checkpoint comes after later steps were logged).
     found.define_metric(STEP_METRIC)

@@ -68,3 +68,17 @@ def test_an_evaluation_joins_the_evaluated_runs_views_at_its_step(resumed, data_
     (shown,) = events.Scalars("eval/facts_probe_accuracy")
     assert (shown.step, shown.value) == (24, np.float32(written["tasks"]["facts_probe"]["accuracy"]))
     assert len(list((run.path / "wandb").glob(f"offline-run-*-{run.run_id}"))) == 3
+
+
+def test_a_tracker_that_fails_is_dropped_with_a_warning_and_never_stops_the_work(tmp_path, capsys):
+    from harness.config import compose_runs
+    from harness.rundir import RunDir
+    from harness.tracking import Trackers
+
+    run = RunDir(tmp_path / "random_init" / "abc")
+    run.path.mkdir(parents=True)
+    (run.path / TB_DIR).write_text("a file where the event directory would go")
+    trackers = Trackers(run, compose_runs(["scale=micro"])[0].config, resumed_step=0)
+    trackers.log({"train/loss": 1.0}, 1)
+    trackers.close()
+    assert trackers.tensorboard is None and "warning: TensorBoard logging stopped" in capsys.readouterr().err

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -185,8 +186,11 @@ def _known_tasks() -> frozenset[str]:
 
 def _run_lm_eval(lm, names: list[str], include: list[Path], fewshot: dict[str, int], hf_home: Path) -> dict:
     """lm_eval on these tasks, offline, leaving the process's random generators as they were."""
-    # The datasets cache DVC versions with the data (an image's own HF_HOME is for other caches).
-    os.environ.setdefault("HF_DATASETS_CACHE", str(hf_home / "datasets"))
+    # lm_eval's own tasks read the datasets cache DVC versions with the data (an image's own HF_HOME
+    # is for other caches); the synthetic tasks' JSON alone needs no shared cache (a private one).
+    only_synthetic = not set(names) - set(SYNTHETIC_TASKS)
+    cache = Path(tempfile.mkdtemp(prefix="hf-datasets-")) if only_synthetic else hf_home / "datasets"
+    os.environ.setdefault("HF_DATASETS_CACHE", str(cache))
     os.environ.setdefault("HF_HUB_CACHE", str(hf_home / "hub"))
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from lm_eval.api.model import LM
 
+from harness.errors import HarnessError
 from harness.model.open_lm import KVCache, OpenLM
 
 
@@ -32,7 +33,7 @@ class HarnessLM(LM):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """(summed log-probability of the continuation after `<bos> context`, whether it is greedy)."""
         pairs = [([self.bos, *self.ids(context)], self.ids(continuation)) for context, continuation in
-                 (r.args for r in requests)]
+                 (_whitespace_to_continuation(*r.args) for r in requests)]
         return self.score(pairs)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -66,12 +67,17 @@ class HarnessLM(LM):
             rows = [(pairs[i][0] + pairs[i][1])[-(self.max_length + 1):] for i in chosen]
             width = max(len(r) for r in rows) - 1
             tokens = torch.tensor([r[:-1] + [self.pad] * (width - len(r) + 1) for r in rows], device=self.torch_device)
-            logprobs = F.log_softmax(self.model(tokens).float(), -1)
+            logits = self.model(tokens)
             for row, i in enumerate(chosen):
                 continuation = pairs[i][1]
+                if not 0 < len(continuation) <= self.max_length:
+                    raise HarnessError(f"lm_eval request with a continuation of {len(continuation)} tokens: "
+                                       f"this model scores 1 to {self.max_length} (its context)")
                 end = len(rows[row]) - 1
-                predicted = logprobs[row, end - len(continuation):end]
-                targets = torch.tensor(continuation, device=self.torch_device)
+                # Only the continuation's positions: a paper-scale vocabulary over every position
+                # of a batch would not fit.
+                predicted = F.log_softmax(logits[row, end - len(continuation):end].float(), -1)
+                targets = torch.tensor(continuation, dtype=torch.long, device=self.torch_device)
                 found[i] = (float(predicted.gather(1, targets[:, None]).sum()),
                             bool((predicted.argmax(-1) == targets).all()))
         return found  # type: ignore[return-value]
@@ -81,8 +87,10 @@ class HarnessLM(LM):
         """Greedy continuations, stopped at `<eos>`, at `max_gen_toks` or at the first stop string
         (and cut there: lm_eval does not cut them)."""
         until = [_stop_strings(s) for s in settings]
-        limit = max(int(s.get("max_gen_toks", 256)) for s in settings)
-        room = max(self.max_length - limit, 1)
+        # Each row stops at its own max_gen_toks, within half the model's context; the prompt keeps the rest.
+        limits = [min(int(s.get("max_gen_toks", 256)), self.max_length // 2) for s in settings]
+        limit = max(limits)
+        room = self.max_length - limit
         prompts = [[self.bos, *self.ids(c)][-room:] for c in contexts]
         width = max(len(p) for p in prompts)
         tokens = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts], device=self.torch_device)
@@ -99,12 +107,19 @@ class HarnessLM(LM):
                     if not finished[row]:
                         generated[row].append(token)
                         text = self.text_tokenizer.decode(generated[row])
-                        finished[row] = any(stop in text for stop in until[row])
+                        finished[row] = (len(generated[row]) >= limits[row]
+                                         or any(stop in text for stop in until[row]))
             if all(finished):
                 break
             step_tokens = next_ids[:, None]
             valid = torch.cat([valid, torch.ones_like(step_tokens, dtype=torch.bool)], 1)
         return [_cut(self.text_tokenizer.decode(g), stops) for g, stops in zip(generated, until)]
+
+
+def _whitespace_to_continuation(context: str, continuation: str) -> tuple[str, str]:
+    """lm_eval's own split: whitespace ending the context belongs to the continuation."""
+    stripped = context.rstrip()
+    return stripped, context[len(stripped):] + continuation
 
 
 def _spans(count: int, window: int) -> list[tuple[int, int]]:
