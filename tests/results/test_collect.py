@@ -71,8 +71,8 @@ def test_a_trained_random_init_follows_whole_captions_far_above_chance():
 def test_removing_a_run_drops_exactly_its_numbers(tmp_path):
     shutil.copytree(REPO / COMMITTED, tmp_path / COMMITTED, ignore=shutil.ignore_patterns(".code", "checkpoints"))
     before = build(tmp_path / COMMITTED, link_base=tmp_path).text
-    (lm,) = (tmp_path / COMMITTED / "pretrain_text").iterdir()
-    (seed2,) = [p for p in (tmp_path / COMMITTED / "random_init").iterdir()
+    (lm,) = paper_runs(tmp_path / COMMITTED / "pretrain_text")
+    (seed2,) = [p for p in paper_runs(tmp_path / COMMITTED / "random_init")
                 if yaml.safe_load((p / "config.yaml").read_text())["seed"] == 2]
     shutil.rmtree(lm)
     shutil.rmtree(seed2)
@@ -85,6 +85,14 @@ def test_removing_a_run_drops_exactly_its_numbers(tmp_path):
     rows = lambda text: {line for line in text.splitlines() if line.startswith("| ") and "](results/" in line  # noqa: E731
                          and line.count("](results/") == 1}
     assert rows(before) - rows(after.text) == {r for r in rows(before) if lm.name in r or seed2.name in r}
+
+
+def paper_runs(experiment_dir: Path) -> list[Path]:
+    """The experiment's runs of the paper's own arms at smoke scale (not the questions beyond it)."""
+    def own(config: dict) -> bool:
+        return (config["model"]["name"], config["data"]["name"]) == ("smoke", "smoke") and \
+            config["train"].get("text_loss_weight", 1) == 1 and not config["data"].get("text_mix")
+    return [p for p in experiment_dir.iterdir() if own(yaml.safe_load((p / "config.yaml").read_text()))]
 
 
 # The world's artifacts are published; the reproduction trains them again, here only briefly.
@@ -189,8 +197,7 @@ def copy_committed(tmp_path: Path) -> Path:
 
 
 def run_of(root: Path, experiment: str, seed: int) -> Path:
-    return next(p for p in (root / experiment).iterdir()
-                if yaml.safe_load((p / "config.yaml").read_text())["seed"] == seed)
+    return next(p for p in paper_runs(root / experiment) if yaml.safe_load((p / "config.yaml").read_text())["seed"] == seed)
 
 
 def test_a_done_run_whose_last_metrics_line_is_cut_off_is_listed_apart_naming_the_file(tmp_path):
