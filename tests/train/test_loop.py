@@ -6,6 +6,8 @@ import shutil
 import pytest
 import torch
 
+from harness.config import compose_runs
+from harness.data.dataset import dataset_dir
 from harness.data.vocab import VocabLayout
 from harness.train.loop import target_weights
 from tests.conftest import micro_args, run_cli
@@ -68,7 +70,7 @@ def test_a_knob_outside_image_caption_training_is_refused(tmp_path, data_root, e
 
 
 def test_a_text_mix_on_a_dataset_without_documents_is_refused_before_anything_is_written(tmp_path, data_root):
-    (built,) = [d for d in data_root.iterdir() if (d / "manifest.json").exists()]
+    built = dataset_dir(compose_runs(["scale=micro"])[0].config.data, data_root)
     captions_only = tmp_path / "data" / built.name
     shutil.copytree(built, captions_only)
     manifest = json.loads((captions_only / "manifest.json").read_text())
