@@ -38,7 +38,7 @@ class Trackers:
         kept = {k: float(v) for k, v in scalars.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.tensorboard is not None and not _guarded("TensorBoard", lambda: _add(self.tensorboard, kept, step)):
             self.tensorboard = None
-        if self.wandb is not None and kept and not _guarded("W&B", lambda: self.wandb.log({**kept, STEP_METRIC: step}) or True):
+        if self.wandb is not None and kept and not _guarded("W&B", lambda: _send(self.wandb, kept, step)):
             self.wandb = None
 
     def close(self) -> None:
@@ -52,6 +52,11 @@ def _add(writer, scalars: dict[str, float], step: int) -> bool:
     for tag, value in scalars.items():
         writer.add_scalar(tag, value, step)
     writer.flush()
+    return True
+
+
+def _send(wandb_run, scalars: dict[str, float], step: int) -> bool:
+    wandb_run.log({**scalars, STEP_METRIC: step})
     return True
 
 
