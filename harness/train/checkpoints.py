@@ -5,6 +5,10 @@ Each holds DeepSpeed's model, optimizer and scheduler states (ZeRO shards includ
 rank. It counts only once `COMPLETE` is written, last, by rank 0 after every rank has saved; the
 marker lists each file's size, so a truncated file is found before it is loaded. Pruning keeps the
 last `keep_last`, every checkpoint taken at a `keep_at_tokens` count, and the final one.
+
+A save that cannot be written (a full disk) stops every rank with one line naming the directory and
+the space left; its partial directory is removed and nothing is pruned, so the previous checkpoint
+is the one a resubmit resumes from.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import random
 import re
 import shutil
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from harness.train.writes import NotWritten, torch_save, why
 
 COMPLETE = "COMPLETE"
 CLIENT = "client.json"
@@ -43,22 +51,99 @@ class CheckpointError(RuntimeError):
 
 
 def save(engine, directory: Path, step: int, tokens: int, client: dict[str, Any], keep: bool) -> Path:
-    """All ranks call this together; returns the checkpoint directory once it is complete."""
-    tag = tag_of(step)
-    state = {**client, "step": step, "tokens": tokens, "keep": keep, "world_size": dist.get_world_size()}
-    engine.save_checkpoint(str(directory), tag=tag, client_state={"harness": state}, save_latest=False)
+    """All ranks call this together; returns the checkpoint directory once it is complete.
+
+    A rank that cannot write its part (a full disk) still takes part in every collective; the ranks
+    then agree, and all raise NotWritten with the first failure. Rank 0 removes the partial
+    directory: nothing of it is ever loaded, and its space is free again. Nothing is pruned."""
+    tag, rank = tag_of(step), dist.get_rank()
     path = directory / tag
-    torch.save(_rng_state(), path / f"rng.rank{dist.get_rank()}.pt")
+    state = {**client, "step": step, "tokens": tokens, "keep": keep, "world_size": dist.get_world_size()}
+    _agree(tag, directory, None, _attempt(lambda: _prepare(path), directory))
+    failure = _deepspeed_save(engine, directory, tag, state)
+    if failure is None:
+        failure = _attempt(lambda: torch_save(_rng_state(), path / f"rng.rank{rank}.pt"), directory)
     _test_kill_while_saving(step)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        (path / CLIENT).write_text(json.dumps(state, indent=1) + "\n")
-        sizes = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE}
-        partial = path / f"{COMPLETE}.partial"
-        partial.write_text(json.dumps(sizes, indent=1) + "\n")
-        os.replace(partial, path / COMPLETE)
-    dist.barrier()
+    _agree(tag, directory, path, failure)
+    failure = _attempt(lambda: _mark_complete(path, state), directory) if rank == 0 else None
+    _agree(tag, directory, path, failure)
     return path
+
+
+def _prepare(path: Path) -> None:
+    # Here, not in DeepSpeed: its rank 0 would skip its first barrier if this failed there.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if dist.get_rank() == 0:
+        # Left by an interrupted attempt at this step: its marker must not vouch for the new files.
+        (path / COMPLETE).unlink(missing_ok=True)
+
+
+def _deepspeed_save(engine, directory: Path, tag: str, state: dict[str, Any]) -> str | None:
+    """This rank's part of DeepSpeed's save; why it could not be written, or None."""
+    failures: list[str] = []
+    with _recorded_writes(engine, directory, failures):
+        try:
+            engine.save_checkpoint(str(directory), tag=tag, client_state={"harness": state}, save_latest=False)
+        except Exception as exc:  # noqa: BLE001 - reported once every rank agrees
+            # Rank 0's copy of DeepSpeed's recovery scripts writes outside the checkpoint engine; its
+            # only collective left is the closing barrier, where the other ranks wait.
+            failures.append(why(exc, directory))
+            dist.barrier()
+    return failures[0] if failures else None
+
+
+@contextmanager
+def _recorded_writes(engine, directory: Path, failures: list[str]) -> Iterator[None]:
+    """DeepSpeed lets a failed write escape between its collectives (the other ranks then wait in
+    its closing barrier) and writes by path (torch then hides the errno): here each file is written
+    through a Python file, and a failure recorded, so every rank goes through the same collectives."""
+    writer = engine.checkpoint_engine
+    zipfile, original = getattr(writer, "zipfile_serialization", True), writer.save
+
+    def save(state_dict: dict[str, Any], path: str) -> None:
+        if not failures:  # after a failure this rank writes nothing more
+            failure = _attempt(lambda: torch_save(state_dict, Path(path), zipfile), directory)
+            failures.extend([failure] if failure else [])
+
+    writer.save = save
+    try:
+        yield
+    finally:
+        writer.save = original
+
+
+def _mark_complete(path: Path, state: dict[str, Any]) -> None:
+    """Rank 0, once every rank's files are written: the marker lists each file's size."""
+    (path / CLIENT).write_text(json.dumps(state, indent=1) + "\n")
+    sizes = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != COMPLETE}
+    partial = path / f"{COMPLETE}.partial"
+    partial.write_text(json.dumps(sizes, indent=1) + "\n")
+    os.replace(partial, path / COMPLETE)
+
+
+def _attempt(write: Callable[[], None], directory: Path) -> str | None:
+    try:
+        write()
+    except Exception as exc:  # noqa: BLE001 - any failure, so that every rank still reaches _agree
+        return why(exc, directory)
+    return None
+
+
+def first_failure(failure: str | None) -> str | None:
+    """Every rank learns the first rank's failure (None: none failed); one collective."""
+    failures: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, failure)
+    return next((f for f in failures if f), None)
+
+
+def _agree(tag: str, directory: Path, partial: Path | None, failure: str | None) -> None:
+    """Raise NotWritten on every rank if any rank failed; rank 0 first removes the partial save."""
+    failure = first_failure(failure)
+    if failure is None:
+        return
+    if partial is not None and dist.get_rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # every rank is past writing: none writes there now
+    raise NotWritten(f"checkpoint {tag} could not be written to {directory}: {failure}")
 
 
 def _test_kill_while_saving(step: int) -> None:

@@ -42,6 +42,7 @@ from harness.train.metrics import MetricsWriter, truncate_after
 from harness.train.preemption import CHECKPOINTED_EXIT, StopFlag, agree
 from harness.train.schedule import warmup_cosine
 from harness.train.sources import load_source, resolve_alignment
+from harness.train.writes import NotWritten
 
 
 class Checkpointed(Exception):
@@ -155,11 +156,23 @@ def _steps(run: RunDir, config: RunConfig, engine, stream: RankStream | MixedStr
             raise Checkpointed(f"checkpointed at step {done} on request")
     if ids_log is not None:
         ids_log.close()
-    if rank == 0:
+    _save_final(run, client, train_cfg.steps, tokens_seen)
+
+
+def _save_final(run: RunDir, client: dict, steps: int, tokens: int) -> None:
+    """Rank 0 writes the final model file; every rank learns whether it could, so that none waits
+    for it in a collective (NCCL would wait until the timeout) and all stop with its one line."""
+    failure = None
+    if dist.get_rank() == 0:
         final = checkpoints.complete(run.checkpoints)[-1]
-        model_file.save_model_file(run.checkpoints / "final", consolidated_state_dict(final),
-                                   client["architecture"], client["layout"], train_cfg.steps, tokens_seen,
-                                   client["text_tokenizer"])
+        try:
+            model_file.save_model_file(run.checkpoints / "final", consolidated_state_dict(final), client["architecture"],
+                                       client["layout"], steps, tokens, client["text_tokenizer"])
+        except NotWritten as exc:
+            failure = str(exc)
+    failure = checkpoints.first_failure(failure)
+    if failure:
+        raise NotWritten(failure)
 
 
 def _held_out(run: RunDir, config: RunConfig, engine, dataset, step: int, metrics: MetricsWriter | None) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessError
+from harness.train.writes import NotWritten, torch_save, why
 
 MODEL_FILE = "model.pt"
 COMPLETE = "COMPLETE"
@@ -22,9 +23,8 @@ COMPLETE = "COMPLETE"
 
 def save_model_file(directory: Path, state_dict: dict[str, torch.Tensor], architecture: dict[str, Any],
                     layout: dict[str, Any], step: int, tokens: int, text_tokenizer: str | None) -> Path:
-    """Write `model.pt` (fp32) and then the COMPLETE marker; returns the model file's path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / COMPLETE).unlink(missing_ok=True)
+    """Write `model.pt` (fp32) and then the COMPLETE marker; returns the model file's path. Raises
+    NotWritten, one line naming the file and the space left, when it does not fit."""
     payload = {
         "state_dict": {k: v.detach().float().cpu() for k, v in state_dict.items()},
         "architecture": architecture,
@@ -34,9 +34,14 @@ def save_model_file(directory: Path, state_dict: dict[str, torch.Tensor], archit
         "tokens": tokens,
     }
     partial = directory / f"{MODEL_FILE}.partial"
-    torch.save(payload, partial)
-    os.replace(partial, directory / MODEL_FILE)
-    (directory / COMPLETE).write_text(f"step {step} tokens {tokens}\n")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / COMPLETE).unlink(missing_ok=True)
+        torch_save(payload, partial)
+        os.replace(partial, directory / MODEL_FILE)
+        (directory / COMPLETE).write_text(f"step {step} tokens {tokens}\n")
+    except OSError as exc:
+        raise NotWritten(f"model file {directory / MODEL_FILE} could not be written: {why(exc, directory)}") from None
     return directory / MODEL_FILE
 
 
