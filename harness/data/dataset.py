@@ -6,8 +6,10 @@ with the command that restores it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import operator
 import os
 import shutil
 from dataclasses import dataclass
@@ -65,20 +67,66 @@ def dataset_dir(config: DataConfig, data_root: Path) -> Path:
     return data_root / f"{config.name}-{hashlib.sha256(params.encode()).hexdigest()[:8]}"
 
 
+class NotRestored(HarnessError):
+    """An input under the data root that is not there yet: a dataset or model file restored by
+    `dvc pull` (or a dataset the tokenize job makes). A dry run may go on without it; anything
+    broken (a malformed manifest, a modified shard) is a plain HarnessError and fails it."""
+
+
 def open_dataset(config: DataConfig, data_root: Path) -> Dataset:
     root = dataset_dir(config, data_root)
     if not (root / shards.MANIFEST).exists():
-        raise HarnessError(f"dataset '{config.name}' is missing at {root}: {restore_command(config)}")
+        raise NotRestored(f"dataset '{config.name}' is missing at {root}: {restore_command(config)}")
     try:
-        manifest, data_hash = shards.read_manifest(root)
-    except shards.ManifestError as exc:
-        raise HarnessError(str(exc)) from None
+        manifest, data_hash = shards.read_manifest(root)  # a ManifestError names the file itself
+    except OSError as exc:
+        raise HarnessError(f"{root / shards.MANIFEST}: unreadable ({exc})") from None
+    _check_manifest(root, manifest)
     return Dataset(root, manifest, data_hash)
+
+
+# What every reader of a dataset looks up in its manifest (and, per shard entry, ENTRY_KEYS).
+MANIFEST_KEYS = (("text_tokenizer", "file"), ("text_tokenizer", "sha256"), ("text_tokenizer", "vocab_size"),
+                 ("text_tokenizer", "specials", "pad"), ("text_tokenizer", "specials", "bos"),
+                 ("text_tokenizer", "specials", "eos"), ("image_tokenizer", "sha256"),
+                 ("image_tokenizer", "codebook_size"), ("image_tokenizer", "weights"), ("corpora",))
+ENTRY_KEYS = ("file", "sha256", "samples")
+
+
+def _check_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """A hand-edited or foreign manifest fails here, naming itself and the field, rather than
+    with a KeyError inside a job."""
+    path = root / shards.MANIFEST
+    for keys in MANIFEST_KEYS:
+        try:
+            functools.reduce(operator.getitem, keys, manifest)
+        except (KeyError, TypeError, IndexError):
+            raise HarnessError(f"{path}: not a dataset manifest this harness reads (no {'.'.join(keys)})") from None
+    corpora = manifest["corpora"]
+    if not (isinstance(corpora, dict) and all(isinstance(by_split, dict) and
+                                              all(isinstance(e, list) for e in by_split.values())
+                                              for by_split in corpora.values())):
+        raise HarnessError(f"{path}: corpora must map corpus -> split -> [shard entries]")
+    for name, entries in [(f"{c}.{s}", e) for c, by_split in corpora.items() for s, e in by_split.items()]:
+        for entry in entries:
+            if not (isinstance(entry, dict) and all(k in entry for k in ENTRY_KEYS)
+                    and isinstance(entry["samples"], int) and entry["samples"] >= 0):
+                raise HarnessError(f"{path}: corpora.{name}: a shard entry needs {', '.join(ENTRY_KEYS)} "
+                                   f"(samples a count), found {entry!r}")
+
+
+def check_not_empty(dataset: Dataset, corpus: str, split: str) -> None:
+    """A split a run reads must hold samples: an empty one would leave training nothing to draw."""
+    if sum(int(e["samples"]) for e in dataset.shard_entries(corpus, split)) == 0:
+        raise HarnessError(f"{dataset.root / shards.MANIFEST}: the {STORED_AS[corpus]}/{split} split holds no "
+                           f"samples ({len(dataset.shard_entries(corpus, split))} shards)")
 
 
 def ensure_dataset(config: DataConfig, data_root: Path, log=print) -> Dataset:
     """Open the dataset, building it first if it is synthetic and not yet built, and check every
     shard against its manifest (unchanged files are not re-hashed: see verify_shards)."""
+    if data_root.exists() and not data_root.is_dir():
+        raise HarnessError(f"paths.data_root={data_root}: not a directory")
     root = dataset_dir(config, data_root)
     if config.kind == "synthetic" and not (root / shards.MANIFEST).exists():
         log(f"building synthetic dataset '{config.name}' at {root} (once; cached)")
@@ -89,7 +137,7 @@ def ensure_dataset(config: DataConfig, data_root: Path, log=print) -> Dataset:
 
 
 def verify_shards(dataset: Dataset) -> None:
-    """Every shard's sha256 must equal the manifest's. A file whose (size, mtime) was already
+    """Every shard's (and the text tokenizer's) sha256 must equal the manifest's. A file whose (size, mtime) was already
     verified for this manifest is not read again; the record lives in the user's cache directory,
     never in the (DVC-tracked) dataset directory."""
     cache_file = _verified_cache() / f"{dataset.data_hash}.json"
@@ -97,20 +145,21 @@ def verify_shards(dataset: Dataset) -> None:
         verified = json.loads(cache_file.read_text())
     except (OSError, json.JSONDecodeError):
         verified = {}
+    tokenizer = dataset.manifest["text_tokenizer"]
+    files = [(dataset.root / tokenizer["file"], tokenizer["sha256"])]  # the jobs decode text with it
     for corpus, splits in dataset.manifest["corpora"].items():
-        for entries in splits.values():
-            for entry in entries:
-                path = dataset.root / corpus / entry["file"]
-                if not path.exists():
-                    raise HarnessError(f"{path} is missing: {_shard_restore_hint(dataset)}")
-                stat = path.stat()
-                key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
-                if verified.get(key) == stamp:
-                    continue
-                if shards.file_sha256(path) != entry["sha256"]:
-                    raise HarnessError(f"{path}: sha256 differs from {dataset.root / shards.MANIFEST}: modified "
-                                       f"after it was versioned ({_shard_restore_hint(dataset)})")
-                verified[key] = stamp
+        files += [(dataset.root / corpus / e["file"], e["sha256"]) for entries in splits.values() for e in entries]
+    for path, sha256 in files:
+        if not path.is_file():
+            raise HarnessError(f"{path} is missing: {_shard_restore_hint(dataset)}")
+        stat = path.stat()
+        key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
+        if verified.get(key) == stamp:
+            continue
+        if shards.file_sha256(path) != sha256:
+            raise HarnessError(f"{path}: sha256 differs from {dataset.root / shards.MANIFEST}: modified "
+                               f"after it was versioned ({_shard_restore_hint(dataset)})")
+        verified[key] = stamp
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     cache_file.write_text(json.dumps(verified))
 
@@ -237,9 +286,11 @@ def _text_samples(config: DataConfig, split: str, count: int, tokenizer) -> Iter
 
 
 def describe(dataset: Dataset) -> dict[str, Any]:
-    """The provenance summary of a dataset."""
+    """The provenance summary of a dataset. `root` is relative to the data root (a dataset lives
+    directly under it: dataset_dir), so the record reads the same wherever the data root is mounted
+    (harness/portable_paths.py)."""
     m = dataset.manifest
-    return {"name": m["name"], "hash": dataset.data_hash, "root": str(dataset.root),
+    return {"name": m["name"], "hash": dataset.data_hash, "root": dataset.root.name,
             "text_tokenizer": m["text_tokenizer"]["sha256"], "image_tokenizer": m["image_tokenizer"]["sha256"],
             "image_tokenizer_weights": m["image_tokenizer"]["weights"]}
 

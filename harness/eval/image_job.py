@@ -34,6 +34,7 @@ from harness.eval import compliance, fid
 from harness.eval.generate import Sampling, generate
 from harness.eval.target import load_model, trained_config
 from harness.eval.losses import held_out_losses, val_positions, write_val_loss
+from harness.portable_paths import portable
 from harness.progress import progress
 from harness.rundir import RunDir, utc_now
 from harness.tracking import log_evaluation
@@ -52,11 +53,12 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     out = target.path / "eval" / f"image@{step}"
     sampling = Sampling(settings.temperature, settings.top_k, settings.top_p, settings.cfg_scale, settings.seed)
     extractor = _extractor(config, eval_data.image_size, device)
-    earlier = _earlier_result(out.parent / f"image@{step}.json", {
+    result_path = out.parent / f"image@{step}.json"
+    earlier = _earlier_result(result_path, {
         "sampling": dataclasses.asdict(sampling), "samples": settings.samples, "dataset": dataset.data_hash,
         "extractor": extractor.identity, "fid_mode": extractor.fid_mode})
     if earlier is not None:
-        log(f"already evaluated: {out.parent / f'image@{step}.json'}")
+        log(f"already evaluated: {result_path}")
         return earlier
     # The trainer already scored the held-out split at its end (and every eval_every_steps): one
     # file per step, never overwritten by a second computation on other sample counts.
@@ -87,7 +89,7 @@ def evaluate_image(config: RunConfig, log=print) -> dict | None:
     log(f"part {settings.part}/{settings.parts}: {len(images)} images generated and featurised")
     result = _finalize(out, config, extractor, dataset, target, step, sampling)
     if result is not None:
-        log(f"{result['metric']} {result['value']:.3f} over {result['samples']} samples -> {result['file']}")
+        log(f"{result['metric']} {result['value']:.3f} over {result['samples']} samples -> {result_path}")
         log_evaluation(config, target, step, _scalars(result))
     return result
 
@@ -159,6 +161,7 @@ def _finalize(out: Path, config: RunConfig, extractor: fid.Extractor, dataset: D
         result = {
             "run": target.name, "step": step, "metric": extractor.metric, "value": fid.frechet_distance(fake, real),
             "samples": fake.count, "extractor": extractor.identity, "fid_mode": extractor.fid_mode,
+            # The user's cache directory is outside both roots: absolute (the collector compares its name).
             "reference": str(cache),
             "dataset": dataset.data_hash, "image_tokenizer": dataset.manifest["image_tokenizer"]["weights"],
             "sampling": dataclasses.asdict(sampling),
@@ -167,7 +170,7 @@ def _finalize(out: Path, config: RunConfig, extractor: fid.Extractor, dataset: D
             "clip_score": _clip_score(config, out / "samples", texts),
             "compliance": (compliance.summarise(np.concatenate([part["compliance"] for part in loaded]))
                            if all("compliance" in part for part in loaded) else None),
-            "file": str(result_path), "written": utc_now(),
+            "file": portable(result_path, config.paths.runs_root), "written": utc_now(),
         }
         result_path.write_text(json.dumps(result, indent=1) + "\n")
         return result
@@ -287,7 +290,7 @@ def _clip_score(config: RunConfig, samples: Path, texts: list[str]) -> dict:
             out = model(**inputs)
             cosine = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds)
             scores.append((100 * cosine.clamp(min=0)).cpu())
-    return {"value": float(torch.cat(scores).mean()), "model": str(path)}
+    return {"value": float(torch.cat(scores).mean()), "model": portable(path, config.paths.data_root)}
 
 
 def _reference_cache(dataset: Dataset, extractor: fid.Extractor, count: int) -> Path:

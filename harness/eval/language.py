@@ -156,16 +156,20 @@ def task_specs(config: RunConfig, trained: RunConfig, workdir: Path) -> tuple[li
 
 
 def write_synthetic_tasks(seed: int, directory: Path) -> Path:
-    """facts_probe and few_shot_sums as lm_eval custom tasks: each shipped YAML, its data file set to
-    the JSONL of this world's items."""
+    """facts_probe and few_shot_sums as lm_eval custom tasks: this world's items as JSONL in
+    `directory` (kept with the evaluation), and each shipped YAML, its data file set to them, in a
+    private temporary directory (returned). lm_eval reads a relative data file from its working
+    directory, so the YAML holds an absolute path: it must not lie in the run directory, whose
+    committed files hold no path of this machine (harness/portable_paths.py)."""
     directory.mkdir(parents=True, exist_ok=True)
+    tasks = Path(tempfile.mkdtemp(prefix="lm-eval-tasks-"))
     for name, items in (("facts_probe", facts_probe(seed)), ("few_shot_sums", few_shot_sums(seed))):
         data = directory / f"{name}.jsonl"
         data.write_text("".join(json.dumps(asdict(item)) + "\n" for item in items))
         task = yaml.safe_load((TASK_TEMPLATES / f"{name}.yaml").read_text())
         task["dataset_kwargs"]["data_files"] = {"test": str(data.resolve())}
-        (directory / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
-    return directory
+        (tasks / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    return tasks
 
 
 def check_task_names(config: RunConfig) -> None:

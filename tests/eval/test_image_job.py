@@ -32,6 +32,7 @@ def test_the_image_evaluation_runs_at_smoke_scale_through_submit(tmp_path, smoke
     assert result["metric"] == "FD (shapes classifier)" and result["samples"] == 24 and result["value"] > 0
     assert "fid_mode" in result and result["fid_mode"] is None  # recorded: no Inception, no FID mode
     assert "tokenizer-smoke" in result["image_tokenizer"] and result["clip_score"]["value"] is None
+    assert result["file"] == f"random_init/{run_dir.name}/eval/image@20.json"  # relative to the runs root
     # Synthetic captions are checked against the generated images, over both parts' samples.
     compliance = result["compliance"]
     assert compliance["n"] == 24 and 0 <= compliance["whole_caption"] <= 1

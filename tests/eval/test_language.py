@@ -113,8 +113,11 @@ def test_batched_kv_cached_generation_equals_the_plain_greedy_loop(tiny):
 
 
 def test_the_synthetic_tasks_are_lm_eval_custom_tasks_over_this_worlds_items(tiny, tmp_path):
-    directory = language.write_synthetic_tasks(0, tmp_path / "tasks")
-    facts = [json.loads(line) for line in (directory / "facts_probe.jsonl").read_text().splitlines()]
+    directory = language.write_synthetic_tasks(0, tmp_path / "items")
+    facts = [json.loads(line) for line in (tmp_path / "items" / "facts_probe.jsonl").read_text().splitlines()]
+    # The items stay with the evaluation; the YAML naming their absolute path does not.
+    assert not list((tmp_path / "items").glob("*.yaml"))
+    assert str(tmp_path / "items") in (directory / "facts_probe.yaml").read_text()
     assert facts == [{"context": q.context, "choices": list(q.choices), "answer": q.answer} for q in language.facts_probe(0)]
     found = language._run_lm_eval(tiny, list(language.SYNTHETIC_TASKS), [directory], {"facts_probe": 2}, tmp_path / "hf")
     probe, sums = (language._task_result(found, n) for n in language.SYNTHETIC_TASKS)

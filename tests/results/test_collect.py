@@ -157,6 +157,39 @@ def test_reproduce_beyond_runs_the_open_questions_and_reports_each(micro_reprodu
         "beyond_tokenizers_micro.png"}
 
 
+# What is committed from a runs root, as results/smoke was copied (.gitignore: json, jsonl, yaml,
+# DONE, first sample grids), never these directories.
+NOT_COMMITTED = (".code", "checkpoints", "logs", "parts", "artifact", "tb", "wandb")
+
+
+def test_a_moved_runs_root_collects_the_same_and_its_files_hold_no_path_of_the_first(micro_reproduction, data_root,
+                                                                                      tmp_path):
+    first, _ = micro_reproduction
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(first / "runs", moved / "runs", ignore=shutil.ignore_patterns(*NOT_COMMITTED))
+    before, after = build(first / "runs", link_base=first), build(moved / "runs", link_base=moved)
+    assert after.text == before.text and after.figures == before.figures and "## Scale: micro" in after.text
+    assert list(moved.rglob("eval/image@*.json")) and list(moved.rglob("eval_image/*/result.json"))
+    machine = (str(first / "runs"), str(data_root))
+    leaks = [f"{path.relative_to(moved)}: {root}" for path in committed_files(moved) for root in machine
+             if root in recorded_text(path)]
+    assert not leaks
+
+
+def committed_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix in (".json", ".jsonl", ".yaml") and p.is_file())
+
+
+def recorded_text(path: Path) -> str:
+    """A file's text without its launch records, which are machine-specific by design: config.yaml's
+    paths (jobs on other nodes read them) and provenance.json's command line as typed."""
+    if path.name == "config.yaml":
+        return yaml.safe_dump({k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "paths"})
+    if path.name == "provenance.json":
+        return json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "submitted_by"})
+    return path.read_text()
+
+
 def test_an_fd_from_another_sample_count_is_neither_averaged_nor_compared(tmp_path):
     shutil.copytree(REPO / COMMITTED, tmp_path / COMMITTED, ignore=shutil.ignore_patterns(".code", "checkpoints"))
     (image,) = sorted((tmp_path / COMMITTED / "pretrained").glob("*/eval/image@*.json"))[:1]
