@@ -132,17 +132,7 @@ def test_show_prints_the_config_and_run_id_without_running(micro_run, data_root)
     assert f"run: random_init/{run_dir.name}  (done;" in result.stdout
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("experiment=nope", "unknown experiment 'nope'"),
-    ("train.lr=abc", "train.lr: Value 'abc'"),
-    ("no_such_key=1", "unknown key 'no_such_key'"),
-])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, data_root, bad, message):
-    runs_root = tmp_path / "runs"
-    result = run_cli("submit", *micro_args(runs_root, data_root), bad)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
-    assert not runs_root.exists()
+# Bad input (unknown experiment or key, wrong type, a corrupt shard, ...): tests/test_bad_input.py.
 
 
 def test_pretrained_runs_its_pretrain_text_dependency_first(tmp_path, data_root):
@@ -171,17 +161,6 @@ def test_a_failed_run_names_the_problem_and_a_resubmit_is_a_new_attempt(tmp_path
     attempts = json.loads((run_dir / "provenance.json").read_text())["attempts"]
     assert "non-finite loss" in attempts[0]["exit_reason"] and attempts[1]["exit_reason"] == "completed"
     assert (run_dir / "logs" / "1" / "metrics.jsonl").exists()  # the failed attempt's lines, kept apart
-
-
-def test_a_corrupt_shard_is_refused_at_submit(tmp_path, data_root):
-    import shutil
-
-    broken_root, runs_root = tmp_path / "data", tmp_path / "runs"
-    shutil.copytree(data_root, broken_root)
-    (shard,) = broken_root.glob("micro-*/captions/train-000001.tar")
-    shard.write_bytes(shard.read_bytes()[:2000])
-    result = run_cli("submit", *micro_args(runs_root, broken_root))
-    assert result.returncode == 2 and str(shard) in result.stderr and not runs_root.exists()
 
 
 def test_options_may_come_between_overrides(runs_root, data_root):

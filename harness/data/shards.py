@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import webdataset as wds
 
+from harness.errors import HarnessError
+
 MANIFEST = "manifest.json"
 FORMAT = "harness-tokenized-shards"
 VERSION = 1
@@ -32,10 +34,12 @@ class Sample:
     text_ids: np.ndarray
     image_ids: np.ndarray | None = None
     text: str = ""
+    source: str = ""  # the shard it was read from (errors about the sample name it); not stored
 
 
-class ManifestError(ValueError):
-    """A manifest this reader cannot trust: unknown format or version, or a shard that disagrees."""
+class ManifestError(HarnessError, ValueError):
+    """A manifest or shard this reader cannot trust: unknown format or version, a shard that
+    disagrees or a sample that lacks its ids. The message names the file."""
 
 
 def file_sha256(path: Path) -> str:
@@ -163,10 +167,24 @@ def read_shard(path: Path, sha256: str | None = None) -> Iterator[Sample]:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ManifestError(f"{path}: unreadable shard ({exc})") from None
     for key, fields in groups.items():
+        yield _decode(path, key, fields)
+
+
+def _decode(path: Path, key: str, fields: dict[str, bytes]) -> Sample:
+    if "text.npy" not in fields:
+        raise ManifestError(f"{path}: sample {key!r} has no text.npy (it has {', '.join(sorted(fields)) or 'nothing'})")
+    try:
+        text_ids = _ids(fields["text.npy"])
         image = fields.get("image.npy")
-        yield Sample(
-            sample_id=key,
-            text_ids=np.load(io.BytesIO(fields["text.npy"])),
-            image_ids=None if image is None else np.load(io.BytesIO(image)),
-            text=fields.get("txt", b"").decode(),
-        )
+        image_ids = None if image is None else _ids(image)
+        text = fields.get("txt", b"").decode()
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: sample {key!r} is unreadable ({type(exc).__name__}: {exc})") from None
+    return Sample(key, text_ids, image_ids, text, str(path))
+
+
+def _ids(raw: bytes) -> np.ndarray:
+    ids = np.load(io.BytesIO(raw), allow_pickle=False)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be a 1-d integer array, found {ids.dtype} of shape {ids.shape}")
+    return ids

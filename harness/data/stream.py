@@ -17,6 +17,11 @@ import torch
 
 from harness.data.shards import Sample, ShardReader
 from harness.data.vocab import VocabLayout
+from harness.errors import HarnessError
+
+
+class SampleError(HarnessError, ValueError):
+    """A sample a run cannot use (ids outside the vocabulary, too long for seq_len); names its shard."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class EpochOrder:
         self.shard_sizes = shard_sizes
         self.seed = seed
         self.epoch_size = sum(shard_sizes)
+        if self.epoch_size == 0:  # refused at submit (plan); a dataset emptied since fails here
+            raise HarnessError(f"the split holds no samples ({len(shard_sizes)} shards): nothing to train on")
         self._cached: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
@@ -124,6 +131,7 @@ def sequence(sample: Sample, layout: VocabLayout, seq_len: int, with_text: bool 
 
     The caption (or document) is truncated to fit; image tokens never are.
     """
+    _check_ids(sample, layout)
     if sample.image_ids is not None and layout.codebook_size:
         image = [layout.image_offset + int(c) for c in sample.image_ids]
         tail = [layout.boi, *image, layout.eoi]
@@ -132,8 +140,24 @@ def sequence(sample: Sample, layout: VocabLayout, seq_len: int, with_text: bool 
     head = [layout.bos] if with_text else []
     room = seq_len - len(head) - len(tail)
     if room < 0:
-        raise ValueError(f"seq_len {seq_len} cannot hold {len(tail)} image and special tokens")
+        raise SampleError(f"{sample.source or 'a shard'}: sample {sample.sample_id!r}: data.seq_len={seq_len} "
+                           f"cannot hold its {len(tail)} image and special tokens")
     text = [int(t) for t in sample.text_ids[:room]] if with_text else []
     ids = [*head, *text, *tail]
     ids += [layout.pad] * (seq_len - len(ids))
     return torch.tensor(ids, dtype=torch.long)
+
+
+def _check_ids(sample: Sample, layout: VocabLayout) -> None:
+    """Ids outside the vocabulary would index past the embedding (or alias <boi>): named here, with
+    the shard and sample, instead of an IndexError deep in the model."""
+    where = f"{sample.source or 'a shard'}: sample {sample.sample_id!r}"
+    for name, ids, size in (("text id", sample.text_ids, layout.text_size),
+                            ("image code", sample.image_ids, layout.codebook_size)):
+        if ids is None or not len(ids) or (name == "image code" and not size):
+            continue
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= size:
+            bad = low if low < 0 else high
+            raise SampleError(f"{where}: {name} {bad} is outside 0..{size - 1} (the dataset's "
+                               f"{'text vocabulary' if name == 'text id' else 'image codebook'})")

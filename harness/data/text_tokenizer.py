@@ -28,7 +28,16 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> Tokenizer:
 
 
 def load(path: Path) -> Tokenizer:
-    return Tokenizer.from_file(str(path))
+    """A dataset's tokenizer.json; a missing or malformed file is a HarnessError naming it."""
+    from harness.errors import HarnessError
+
+    if not path.is_file():
+        raise HarnessError(f"text tokenizer {path} does not exist (the dataset's tokenizer.json; restore the "
+                           "dataset with `dvc pull data.dvc`, or rebuild it)")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+        raise HarnessError(f"text tokenizer {path} is unreadable: {' '.join(str(exc).split())}") from None
 
 
 def load_configured(path: Path, pad: str, bos: str, eos: str) -> tuple[Tokenizer, dict[str, int]]:
@@ -42,7 +51,7 @@ def load_configured(path: Path, pad: str, bos: str, eos: str) -> tuple[Tokenizer
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for malformed files
-        raise HarnessError(f"text tokenizer {path} is unreadable: {exc}") from None
+        raise HarnessError(f"text tokenizer {path} is unreadable: {' '.join(str(exc).split())}") from None
     ids = {}
     for role, token in (("pad", pad), ("bos", bos), ("eos", eos)):
         ids[role] = tokenizer.token_to_id(token)

@@ -31,7 +31,7 @@ from PIL import Image
 
 from harness.config.schema import DataConfig, RunConfig
 from harness.data import raw, shards
-from harness.data.dataset import dataset_dir
+from harness.data.dataset import NotRestored, dataset_dir
 from harness.errors import HarnessError, run_job
 from harness.progress import progress
 
@@ -67,8 +67,10 @@ def shard_tasks(data: DataConfig, data_root: Path) -> list[ShardTask]:
         try:
             paths = raw.list_raw_shards(where)
         except (FileNotFoundError, ValueError) as exc:
-            raise HarnessError(f"data.raw.{split}={spec!r}: {exc} (make them with `harness data raw "
-                               f"data={data.name}`)") from None
+            # Not made yet (`harness show` says so and goes on); a malformed spec is an error.
+            kind = NotRestored if isinstance(exc, FileNotFoundError) else HarnessError
+            raise kind(f"data.raw.{split}={spec!r}: {exc} (make them with `harness data raw "
+                       f"data={data.name}`)") from None
         tasks += [ShardTask(split, i, p) for i, p in enumerate(paths)]
     if not tasks:
         raise HarnessError(f"data '{data.name}' names no raw shards (data.raw.train / data.raw.val)")
@@ -192,17 +194,10 @@ class Tokenizers:
     def load(cls, data: DataConfig, data_root: Path, device: str) -> "Tokenizers":
         import torch
 
-        from harness.data import text_tokenizer
         from harness.data.image_tokenizer import ImageTokenizer, tiny_movq_config
 
         cfg = data.tokenizer
-        if not cfg.text:
-            raise HarnessError(f"data '{data.name}': data.tokenizer.text (a tokenizer.json) is not set")
-        text_path = data_path(cfg.text, data_root)
-        text, specials = text_tokenizer.load_configured(text_path, cfg.pad_token, cfg.bos_token, cfg.eos_token)
-        if text.get_vocab_size() > data.text_vocab_size:
-            raise HarnessError(f"{text_path} has {text.get_vocab_size()} tokens, more than "
-                               f"data.text_vocab_size={data.text_vocab_size}")
+        text_path, text, specials = load_text_tokenizer(data, data_root)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if data.image_tokenizer:  # a tokenizer trained and published by the harness (the small world's)
             from harness.data.dataset import published_image_tokenizer
@@ -224,6 +219,22 @@ class Tokenizers:
         for (key, _, caption), item_codes in zip(batch, codes):
             ids = np.asarray(self.text.encode(caption, add_special_tokens=False).ids)
             yield shards.Sample(key, ids, item_codes, caption)
+
+
+def load_text_tokenizer(data: DataConfig, data_root: Path) -> tuple[Path, Any, dict[str, int]]:
+    """The configured tokenizer.json, its special ids checked, and no larger than the vocabulary the
+    data declares. The planner calls it too: a missing or malformed file is refused at submit."""
+    from harness.data import text_tokenizer
+
+    cfg = data.tokenizer
+    if not cfg.text:
+        raise HarnessError(f"data '{data.name}': data.tokenizer.text (a tokenizer.json) is not set")
+    text_path = data_path(cfg.text, data_root)
+    text, specials = text_tokenizer.load_configured(text_path, cfg.pad_token, cfg.bos_token, cfg.eos_token)
+    if text.get_vocab_size() > data.text_vocab_size:
+        raise HarnessError(f"{text_path} has {text.get_vocab_size()} tokens, more than "
+                           f"data.text_vocab_size={data.text_vocab_size}")
+    return text_path, text, specials
 
 
 # --- the manifest ------------------------------------------------------------------------------

@@ -9,17 +9,24 @@ every new row nearly equal.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from harness.config.schema import RunConfig
 from harness.data.vocab import VocabLayout
+from harness.errors import HarnessError
 from harness.model.open_lm import Architecture, OpenLM, init_std
 
 VOCAB_PARAMS = ("tok_embeddings.weight", "output.weight")
 NEW_ROWS_SEED_OFFSET = 7919  # new-row draws use their own stream, apart from the body's init
+
+
+class InitError(HarnessError, ValueError):
+    """Weights an init cannot start from; the message names the key and the file."""
 
 
 def build_model(config: RunConfig, layout: VocabLayout, source: dict | None = None,
@@ -31,14 +38,33 @@ def build_model(config: RunConfig, layout: VocabLayout, source: dict | None = No
     model = OpenLM(arch)
     if config.init.strategy in ("pretrained", "aligned"):
         if source is None:
-            raise ValueError(f"init.strategy={config.init.strategy} needs a source model")
+            raise InitError(f"init.strategy={config.init.strategy} needs a source model")
         std = config.init.new_row_std if config.init.new_row_std is not None else init_std(arch, VOCAB_PARAMS[0])
-        copy_pretrained(model, source, layout, std, seed=config.seed + NEW_ROWS_SEED_OFFSET)
+        with _naming(config, "source"):
+            copy_pretrained(model, source, layout, std, seed=config.seed + NEW_ROWS_SEED_OFFSET)
     if config.init.strategy == "aligned":
         if alignment is None:
-            raise ValueError("init.strategy=aligned needs an alignment")
-        copy_aligned_rows(model, alignment, layout)
+            raise InitError("init.strategy=aligned needs an alignment")
+        with _naming(config, "alignment"):
+            copy_aligned_rows(model, alignment, layout)
     return model
+
+
+@contextlib.contextmanager
+def _naming(config: RunConfig, key: str) -> Iterator[None]:
+    """A file that does not fit this run (another architecture, a payload missing a tensor) fails
+    naming the key and the file it was read from."""
+    from harness.train.align import ALIGNMENT_FILE
+    from harness.train.model_file import MODEL_FILE
+    from harness.train.sources import resolve_alignment, resolve_source
+
+    try:
+        yield
+    except (ValueError, KeyError, TypeError) as exc:
+        path = resolve_source(config) if key == "source" else resolve_alignment(config)
+        path = path / (MODEL_FILE if key == "source" else ALIGNMENT_FILE) if path.is_dir() else path
+        problem = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise InitError(f"init.{key}={getattr(config.init, key)} ({path}): {problem}") from None
 
 
 def copy_aligned_rows(model: OpenLM, alignment: dict, layout: VocabLayout) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 from harness.config.schema import RunConfig
 from harness.errors import HarnessError
 
-RUN_REFERENCE = re.compile(r"^(?P<experiment>[A-Za-z0-9_]+)/(?P<run_id>[0-9a-f]{6,})$")
+# <experiment>/<run_id>; an experiment name as config/validate.py's NAME allows it.
+RUN_REFERENCE = re.compile(r"^(?P<experiment>[A-Za-z0-9_][A-Za-z0-9_.-]*)/(?P<run_id>[0-9a-f]{6,})$")
 
 
 def is_run_reference(source: str) -> bool:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import compose, compose_runs, list_experiments
+from harness.config import compose, compose_runs, list_experiments, validate
 from harness.config.compose import expand_sweeps
 from harness.errors import HarnessError
 
@@ -35,6 +35,13 @@ def test_key_and_list_overrides_are_typed():
     assert config.train.lr == 0.5 and config.train.betas == [0.8, 0.99] and config.seed == 3
 
 
+def test_a_mapping_key_takes_the_users_own_keys():
+    config = compose_runs(["experiment=eval_language", "eval.language_fewshot={arc_easy: 5}"])[0].config
+    assert config.eval.language_fewshot == {"arc_easy": 5}
+    config = compose_runs(["experiment=eval_language", "+eval.language_fewshot.piqa=2"])[0].config
+    assert config.eval.language_fewshot == {"piqa": 2}
+
+
 def test_comma_lists_are_sweeps_expanded_as_a_product():
     runs = compose_runs(["seed=0,1,2", "train.lr=0.1,0.2"])
     assert [(r.config.seed, r.config.train.lr) for r in runs] == [
@@ -47,10 +54,10 @@ def test_list_experiments():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["experiment=nope"], "unknown experiment 'nope' (command line); valid: align, caption_lm"),
+    (["experiment=nope"], "unknown experiment 'nope' (command line: experiment=nope); valid: align, caption_lm"),
     (["train.lr=abc"], "train.lr: Value 'abc' of type 'str' could not be converted to Float (command line: train.lr=abc)"),
-    (["no_such_key=1"], "unknown key 'no_such_key' (command line)"),
-    (["train.no_such=1"], "unknown key 'train.no_such' (command line); valid keys here: steps,"),
+    (["no_such_key=1"], "unknown key 'no_such_key' (command line: no_such_key=1)"),
+    (["train.no_such=1"], "unknown key 'train.no_such' (command line: train.no_such=1); valid keys here: steps,"),
     (["model.positional=sideways"], "model.positional: 'sideways' is not one of rotary, head_rotary, none (command line"),
     (["train.betas=[a,b]"], "train.betas[0]: Value 'a' of type 'str' could not be converted to Float"),
 ])
@@ -110,3 +117,26 @@ def test_a_bad_user_default_names_the_defaults_file(tmp_path, monkeypatch):
     (tmp_path / "harness" / "defaults.yaml").write_text("overrides: [launch.nodes=many]\n")
     with pytest.raises(HarnessError, match=r"launch.nodes: .*\(user defaults .*defaults.yaml: launch.nodes=many\)"):
         compose_runs([])
+
+
+def test_every_numeric_key_has_its_valid_values():
+    """A new int or float key of the schema needs a range (or choices) in harness/config/validate.py."""
+    missing = [k for k in validate.numeric_keys() if k not in validate.RANGES and k not in validate.CHOICES]
+    assert not missing, f"give these keys a range in harness/config/validate.py: {missing}"
+    assert set(validate.RANGES) | set(validate.CHOICES) <= set(validate.schema_keys())
+
+
+@pytest.mark.parametrize("scale", ["micro", "smoke", "paper"])
+def test_the_repos_own_experiments_are_valid_at_every_scale(scale):
+    for experiment in list_experiments():
+        assert compose_runs([f"experiment={experiment}", f"scale={scale}"])
+
+
+@pytest.mark.parametrize("interval, inside, outside", [
+    (validate.at_least(1), [1, 5], [0, -1, float("inf"), float("nan")]),
+    (validate.POSITIVE, [1e-9, 3.0], [0, -1e-9, float("inf")]),
+    (validate.between(0, 1, high_open=True), [0, 0.5], [1, -0.1]),
+])
+def test_ranges_include_their_ends_as_written(interval, inside, outside):
+    assert all(v in interval for v in inside) and not any(v in interval for v in outside)
+    assert str(validate.between(0, 1, high_open=True)) == "[0, 1)" and str(validate.POSITIVE) == "(0, inf)"
