@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start a real Slurm cluster on this machine for the tests: munge, MariaDB + slurmdbd (so sacct
-# works), slurmctld, and two virtual nodes n1/n2 (two slurmd daemons) with two fake GPUs each.
+# works), slurmctld, and three virtual nodes n1/n2/n3 (three slurmd daemons) with two fake GPUs each:
+# jobs take two, so a retry can leave out the node that failed.
 # Needs root and Debian's packages; idempotent enough to re-run (daemons are restarted).
 set -euo pipefail
 
@@ -18,7 +19,7 @@ pkill -x slurmdbd 2>/dev/null || true
 sleep 1
 rm -rf "$STATE" && mkdir -p "$STATE"/{state,log,run}
 
-grep -q " n1 n2" /etc/hosts || echo "127.0.0.1 n1 n2" >> /etc/hosts
+grep -q " n1 n2 n3" /etc/hosts || echo "127.0.0.1 n1 n2 n3" >> /etc/hosts
 
 # munge
 if [ ! -s /etc/munge/munge.key ]; then
@@ -65,10 +66,11 @@ MinJobAge=300
 GresTypes=gpu
 NodeName=n1 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17001 $layout RealMemory=6000 Gres=gpu:2 State=UNKNOWN
 NodeName=n2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17002 $layout RealMemory=6000 Gres=gpu:2 State=UNKNOWN
-PartitionName=ci Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
+NodeName=n3 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=17003 $layout RealMemory=6000 Gres=gpu:2 State=UNKNOWN
+PartitionName=ci Nodes=n1,n2,n3 Default=YES MaxTime=INFINITE State=UP
 CONF
 cat > /etc/slurm/gres.conf <<CONF
-NodeName=n[1-2] Name=gpu File=$STATE/gpu[0-1]
+NodeName=n[1-3] Name=gpu File=$STATE/gpu[0-1]
 CONF
 cat > /etc/slurm/slurmdbd.conf <<CONF
 AuthType=auth/munge
@@ -90,10 +92,11 @@ sacctmgr -i add cluster harnessci >/dev/null 2>&1 || true
 slurmctld
 slurmd -N n1
 slurmd -N n2
+slurmd -N n3
 
 for _ in $(seq 100); do
   if scontrol ping 2>/dev/null | grep -q UP && [ "$(sinfo -h -o %T | sort -u)" = "idle" ]; then
-    echo "slurm: up (nodes n1 n2 idle; state in $STATE)"
+    echo "slurm: up (nodes n1 n2 n3 idle; state in $STATE)"
     exit 0
   fi
   sleep 0.3

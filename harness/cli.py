@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+import typing
 from pathlib import Path
 
 import yaml
@@ -30,25 +32,54 @@ from harness.errors import HarnessError
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    # Options may come between overrides (`submit experiment=x --wait seed=1`): argparse leaves
-    # the overrides after an option unparsed; they are overrides all the same.
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # Options may come between overrides (`submit experiment=x --wait seed=1`): argparse leaves
+        # the overrides after an option unparsed; they are overrides all the same.
+        if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # --help, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.handler(args) or 0
     except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        print(f"harness: error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130
 
 
+def _one_line(message: str) -> str:
+    """An error is one line: a control character a value brought into it (a newline in an override)
+    is shown escaped rather than breaking the line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        # One line like every other error (argparse's own puts the usage text above it).
+        print(f"harness: error: {_one_line(message)} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _at_least(low: int):
+    """An argparse type: an integer >= low (`--seeds 0` would run nothing and report success)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="Reproduce arXiv 2311.16201.")
+    parser = _Parser(prog="harness", description="Reproduce arXiv 2311.16201.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     submit = commands.add_parser("submit", help="compose an experiment and launch it")
@@ -73,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     logs = commands.add_parser("logs", help="a run's latest trainer log")
     logs.add_argument("selector")
     logs.add_argument("-f", "--follow", action="store_true")
-    logs.add_argument("--rank", type=int, default=0)
+    logs.add_argument("--rank", type=_at_least(0), default=0)
     logs.add_argument("--runs-root", type=Path, default=None)
     logs.set_defaults(handler=_logs)
 
@@ -96,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser("reproduce", help="every experiment in dependency order, seeds per "
                                     "arm, their evaluations, then collect")
     reproduce.add_argument("overrides", nargs="*", help="e.g. scale=smoke cluster=slurm_ci")
-    reproduce.add_argument("--seeds", type=int, default=3, help="seeds per arm (0..N-1)")
+    reproduce.add_argument("--seeds", type=_at_least(1), default=3, help="seeds per arm (0..N-1)")
     reproduce.add_argument("--output", type=Path, default=Path("RESULTS.md"))
     reproduce.add_argument("--beyond", action="store_true", help="the questions beyond the paper (text-loss "
                            "weighting, text mixing, LM sizes, image tokenizer) and the arms they compare against")
@@ -109,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="consolidate a checkpoint into one fp32 model file")
     export.add_argument("selector", help="experiment/run_id or run id")
-    export.add_argument("--step", type=int, default=None, help="default: the newest complete checkpoint")
+    export.add_argument("--step", type=_at_least(0), default=None, help="default: the newest complete checkpoint")
     export.add_argument("--runs-root", type=Path, default=None)
     export.add_argument("--output", type=Path, default=None,
                         help="directory for model.pt (default: the run's checkpoints/export-step<N>/); "
@@ -145,7 +176,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     from harness.status import TERMINAL, status_rows
 
-    runs = submit(args.overrides, force=args.force, dry_run=args.dry_run, wait=args.wait)
+    runs = submit(args.overrides, force=args.force, dry_run=args.dry_run, wait=args.wait, out=sys.stdout)
     if args.wait and any(r.state != "done" and r.state in TERMINAL for r in status_rows(runs)):
         return 1
     return 0
@@ -158,11 +189,17 @@ def _show(args: argparse.Namespace) -> int:
     for composed in compose_runs(args.overrides):
         print(f"# overrides: {' '.join(composed.overrides) or '(none)'}")
         print(yaml.safe_dump(to_dict(composed.config), sort_keys=False), end="")
+    from harness.data.dataset import NotRestored
+
+    # `show` shows the config whatever the planner says of it; the planner's refusal is printed
+    # (a submit or dry run of it exits 2 with the same words).
     try:
         for planned in plan(args.overrides, log=lambda msg: print(f"# {msg}", file=sys.stderr)):
             print(f"run: {planned.run.name}  ({planned.state.value}; {planned.run.path})")
-    except HarnessError as exc:
+    except NotRestored as exc:
         print(f"run id: unknown until its inputs exist ({exc})")
+    except HarnessError as exc:
+        print(f"run id: none, a submit would be refused ({exc})")
     return 0
 
 
@@ -220,11 +257,15 @@ def _one_run(args: argparse.Namespace):
 
 
 def _status(args: argparse.Namespace) -> int:
-    from harness.status import render_table, resolve, status_rows
+    from harness.status import UNREADABLE, render_table, resolve, status_rows
 
     runs = resolve(_runs_root(args.runs_root), args.selector)
-    print(render_table(status_rows(runs)))
-    return 0
+    rows = status_rows(runs)
+    print(render_table(rows) if rows else f"no runs under {_runs_root(args.runs_root)}")
+    unreadable = [r for r in rows if r.state == UNREADABLE]
+    for row in unreadable:
+        print(f"harness: error: {row.note}", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def _logs(args: argparse.Namespace) -> int:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import ComposedRun, RunConfig, compose_runs, list_experiments, run_id_of
-from harness.data.dataset import dataset_dir, describe, ensure_dataset
-from harness.data.tokenize import raw_fingerprint, shard_tasks
+from harness.data.dataset import NotRestored, check_not_empty, dataset_dir, describe, ensure_dataset
+from harness.data.tokenize import load_text_tokenizer, raw_fingerprint, shard_tasks
 from harness.errors import HarnessError
 from harness.rundir import RunDir, RunState
 from harness.train import model_file
@@ -48,8 +48,9 @@ class PlannedRun:
 
 
 def plan(overrides: list[str], log=print, allow_missing_data: bool = False) -> list[PlannedRun]:
-    """`allow_missing_data` (for --dry-run): a dataset that is not there yet gives provisional run
-    ids instead of an error."""
+    """`allow_missing_data` (for --dry-run): an input under the data root that is not there yet (a
+    dataset or model file `dvc pull` restores) gives provisional run ids and a warning instead of an
+    error. Anything broken, or missing elsewhere, fails a dry run as it fails a submit."""
     planned: dict[Path, PlannedRun] = {}
     for composed in compose_runs(overrides):
         for item in _plan_one(composed, log, allow_missing_data):
@@ -77,6 +78,7 @@ def _with_value(config: RunConfig, key: str, value) -> RunConfig:
 
 def _plan_one(composed: ComposedRun, log, allow_missing_data: bool = False) -> list[PlannedRun]:
     config = _absolute_paths(composed.config)
+    _check_roots(config)
     if config.job == "tokenize":
         return _plan_tokenize(config, composed.overrides)
     if config.job in WORLD_JOBS:
@@ -101,6 +103,7 @@ def _plan_one(composed: ComposedRun, log, allow_missing_data: bool = False) -> l
             if key == "init.source":
                 source = _recorded_assumptions(config)
     _check_done_upstream_weights(config)
+    _check_alignment_readable(config)
     if config.job != "train":
         config = _single_process(config)
     data = _data_of(config, log, allow_missing_data)
@@ -161,19 +164,29 @@ def _part_runs(config: RunConfig, overrides: tuple[str, ...], data: dict) -> lis
     return planned
 
 
+def _check_roots(config: RunConfig) -> None:
+    """Both roots are directories (or not there yet: submit makes them)."""
+    for key in ("runs_root", "data_root"):
+        path = Path(getattr(config.paths, key))
+        if path.exists() and not path.is_dir():
+            raise HarnessError(f"paths.{key}={path}: not a directory")
+
+
 def _data_of(config: RunConfig, log, allow_missing_data: bool) -> dict:
     try:
         dataset = ensure_dataset(config.data, Path(config.paths.data_root), log=log)
-    except HarnessError as exc:
+    except NotRestored as exc:  # not restored yet; a broken dataset fails a dry run too
         if not allow_missing_data:
             raise
         log(f"warning: {exc}; run ids below are provisional")
         return {"name": config.data.name, "hash": "missing"}
     if config.data.text_mix:  # the documents it mixes in: refused here (a dry run too), not on the cluster
         try:
-            dataset.shard_entries("text", "train")
+            check_not_empty(dataset, "text", "train")
         except HarnessError as exc:
             raise HarnessError(f"data.text_mix={config.data.text_mix:g} needs pre-training documents: {exc}") from None
+    if config.job == "train":  # an empty split would leave the trainer nothing to draw
+        check_not_empty(dataset, config.data.corpus, "train")
     return describe(dataset)
 
 
@@ -190,11 +203,41 @@ def _check_reference(config: RunConfig, key: str, warn=None) -> RunConfig:
     if key == "eval.run" or not Path(value).exists():
         problem = (f"{key}={value!r}: not an experiment ({', '.join(list_experiments())}), "
                    "not <experiment>/<run_id>" + ("" if key == "eval.run" else ", and no such file"))
-        if warn is None:
+        # Only a file under the data root may be restored later (`dvc pull`: the released LM);
+        # an eval.run names a run, never a file.
+        if key == "eval.run" or not _under(Path(value), Path(config.paths.data_root)):
             raise HarnessError(problem)
-        warn(f"warning: {problem} (yet)")
+        if warn is None:
+            raise NotRestored(f"{problem} (restore it with `dvc pull data.dvc`)")
+        warn(f"warning: {problem} (yet: restore it with `dvc pull data.dvc`)")
         return config
     return _with_value(config, key, str(Path(value).resolve()))
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _check_alignment_readable(config: RunConfig) -> None:
+    """An aligned init's alignment file, where it exists, must load: a corrupt one is named here,
+    not by the job. Memory-mapped, so a large one costs little."""
+    if config.init.strategy != "aligned":
+        return
+    import torch
+
+    from harness.train.align import ALIGNMENT_FILE
+
+    path = resolve_alignment(config)
+    path = path / ALIGNMENT_FILE if path.is_dir() else path
+    if not path.is_file():
+        return  # a run not trained yet (planned upstream) or not restored yet: checked where it is used
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise HarnessError(f"init.alignment: {path} is unreadable ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("rows"), dict):
+        raise HarnessError(f"init.alignment: {path} holds no alignment rows: not written by experiment=align")
 
 
 def _compose_upstream(experiment: str, overrides: tuple[str, ...]) -> ComposedRun:
@@ -209,7 +252,10 @@ def _inherited(key: str) -> bool:
 def _absolute_paths(config: RunConfig) -> RunConfig:
     paths = dataclasses.replace(config.paths, runs_root=str(Path(config.paths.runs_root).resolve()),
                                 data_root=str(Path(config.paths.data_root).resolve()))
-    return dataclasses.replace(config, paths=paths)
+    container = config.container
+    if container.runtime == "apptainer":  # a SIF path, read on every node: not relative to their cwd
+        container = dataclasses.replace(container, image=str(Path(container.image).resolve()))
+    return dataclasses.replace(config, paths=paths, container=container)
 
 
 # Jobs that read the synthetic world's images directly (drawn, not tokenized): the artifacts the
@@ -235,8 +281,10 @@ def _plan_world_job(config: RunConfig, overrides: tuple[str, ...]) -> list[Plann
 
 
 def _plan_tokenize(config: RunConfig, overrides: tuple[str, ...]) -> list[PlannedRun]:
-    """Identity covers the raw shards read (the dataset is what the job makes)."""
+    """Identity covers the raw shards read (the dataset is what the job makes). The text tokenizer
+    is loaded once here: a missing or malformed one is refused before any part starts."""
     tasks = shard_tasks(config.data, Path(config.paths.data_root))
+    load_text_tokenizer(config.data, Path(config.paths.data_root))
     fingerprint = raw_fingerprint(tasks)
     data = {"name": config.data.name, "hash": fingerprint, "raw_shards": len(tasks),
             "output": str(dataset_dir(config.data, Path(config.paths.data_root)))}

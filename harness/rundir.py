@@ -28,7 +28,7 @@ from typing import Any, Callable
 import yaml
 
 from harness.config import RunConfig, to_dict
-from harness.errors import CHECKPOINTED_EXIT
+from harness.errors import CHECKPOINTED_EXIT, HarnessError
 
 
 RUN_ID = re.compile(r"^[0-9a-f]{10}$")
@@ -89,18 +89,32 @@ class RunDir:
             self._write_provenance(provenance)
         return provenance
 
-    def add_attempt(self, executor: str) -> int:
-        """Recorded by the submitter just before submitting; returns the attempt number."""
+    def add_attempt(self, executor: str, origin: str = "submit") -> int:
+        """Recorded by the submitter just before submitting (origin `submit`, or `retry` when it
+        restarts a local run itself); returns the attempt number."""
         def append(p: dict[str, Any]) -> None:
-            p["attempts"].append(_new_attempt(len(p["attempts"]) + 1, executor, None))
+            p["attempts"].append(_new_attempt(len(p["attempts"]) + 1, executor, None, origin))
         return self.update_provenance(append)["attempts"][-1]["attempt"]
 
-    def ensure_attempt(self, attempt: int, executor: str, job_id: str) -> None:
+    def ensure_attempt(self, attempt: int, executor: str, job_id: str, origin: str = "requeue") -> None:
         """Open attempt `attempt` if it is not recorded yet (a job Slurm requeued)."""
         def add(p: dict[str, Any]) -> None:
             if not any(a["attempt"] == attempt for a in p["attempts"]):
-                p["attempts"].append(_new_attempt(attempt, executor, job_id))
+                p["attempts"].append(_new_attempt(attempt, executor, job_id, origin))
         self.update_provenance(add)
+
+    def record_failure(self, attempt: int, cause: str, decision: str) -> None:
+        """The diagnosed cause of a failed attempt and what was done about it (harness/launch/retry.py)."""
+        self._update_attempt(attempt, cause=cause, decision=decision)
+
+    def retries_used(self) -> int:
+        """Automatic retries since the run was last submitted by a person (or a script)."""
+        used = 0
+        for entry in reversed(self.attempts()):
+            used += str(entry.get("decision") or "").startswith("retrying")
+            if entry.get("origin", "submit") == "submit":
+                break
+        return used
 
     def set_job_id(self, attempt: int, job_id: str) -> None:
         self._update_attempt(attempt, job_id=job_id)
@@ -140,7 +154,17 @@ class RunDir:
     # --- reading ---------------------------------------------------------------------------
 
     def provenance(self) -> dict[str, Any]:
-        return json.loads(self.provenance_path.read_text()) if self.provenance_path.exists() else {}
+        if not self.provenance_path.exists():
+            return {}
+        try:
+            provenance = json.loads(self.provenance_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HarnessError(f"{self.provenance_path}: unreadable ({_first_line(exc)}); repair it or move "
+                               f"{self.path} aside") from None
+        if not isinstance(provenance, dict) or not isinstance(provenance.get("attempts", []), list):
+            raise HarnessError(f"{self.provenance_path}: not a run's provenance (no attempts list); repair it "
+                               f"or move {self.path} aside")
+        return provenance
 
     def attempts(self) -> list[dict[str, Any]]:
         return self.provenance().get("attempts", [])
@@ -160,10 +184,13 @@ class RunDir:
         """The root cause among an attempt's rank failures, else the recorded reason. A rank ended by
         SIGTERM was usually stopped because another failed (srun --kill-on-bad-exit, scancel), so
         other failures come first; among equals, the earliest."""
-        failed = [r for r in self.rank_records(attempt) if r.get("exit_code") not in (None, 0, CHECKPOINTED_EXIT)]
-        if failed:
-            return min(failed, key=lambda r: (r["exit_code"] == -signal.SIGTERM, r.get("end_ts") or 0))["reason"]
         entries = [a for a in self.attempts() if a["attempt"] == attempt]
+        if entries and entries[0].get("cause"):
+            return entries[0]["cause"]
+        failed = [r for r in self.rank_records(attempt) if r.get("exit_code") not in (None, 0, CHECKPOINTED_EXIT)]
+        if failed:  # killed by a signal first, then an exit of its own, then stopped by SIGTERM
+            return min(failed, key=lambda r: (r["exit_code"] == -signal.SIGTERM, r["exit_code"] >= 0,
+                                              r.get("end_ts") or 0))["reason"]
         return entries[0].get("exit_reason") if entries else None
 
     def failed_nodes(self, attempt: int) -> list[str]:
@@ -213,9 +240,14 @@ def find_runs(runs_root: Path) -> list[RunDir]:
             if p.is_dir() and RUN_ID.match(p.name) and (p / "config.yaml").exists()]
 
 
-def _new_attempt(number: int, executor: str, job_id: str | None) -> dict[str, Any]:
-    return {"attempt": number, "job_id": job_id, "executor": executor, "submit_host": socket.gethostname(),
-            "submitted": utc_now(), "nodes": [], "start": None, "end": None, "exit_reason": None}
+def _new_attempt(number: int, executor: str, job_id: str | None, origin: str) -> dict[str, Any]:
+    return {"attempt": number, "job_id": job_id, "executor": executor, "origin": origin,
+            "submit_host": socket.gethostname(), "submitted": utc_now(), "nodes": [], "start": None, "end": None,
+            "exit_reason": None}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def utc_now() -> str:

@@ -44,6 +44,9 @@ def resolve(runs_root: Path, selector: str | None) -> list[RunDir]:
     directory's path (as `submit` prints it); all if None."""
     if selector and "/" in selector and (Path(selector) / "config.yaml").exists():
         return [RunDir(Path(selector).resolve())]
+    if not runs_root.is_dir():
+        what = "is not a directory" if runs_root.exists() else "does not exist"
+        raise HarnessError(f"runs root {runs_root} {what} (--runs-root, or paths.runs_root in your defaults)")
     runs = find_runs(runs_root)
     if not selector:
         return runs
@@ -54,11 +57,28 @@ def resolve(runs_root: Path, selector: str | None) -> list[RunDir]:
     return chosen
 
 
+UNREADABLE = "unreadable"
+
+
 def status_rows(runs: list[RunDir]) -> list[StatusRow]:
-    open_jobs = [str(a["job_id"]) for r in runs for a in r.attempts()[-1:]
+    """One row per run; a run whose files cannot be read gets an `unreadable` row naming the file."""
+    open_jobs = [str(a["job_id"]) for r in runs for a in _attempts_or_none(r)[-1:]
                  if a.get("executor") == "slurm" and a.get("job_id") and not a.get("end")]
     queue = slurm.squeue_states(open_jobs)
-    return [_row(run, queue) for run in runs]
+    rows = []
+    for run in runs:
+        try:
+            rows.append(_row(run, queue))
+        except HarnessError as exc:
+            rows.append(StatusRow(run.name, "-", "-", UNREADABLE, 0, None, None, None, str(exc)))
+    return rows
+
+
+def _attempts_or_none(run: RunDir) -> list[dict]:
+    try:
+        return run.attempts()
+    except HarnessError:
+        return []
 
 
 def _row(run: RunDir, queue: dict[str, tuple[str, str]] | None) -> StatusRow:
@@ -82,8 +102,9 @@ def live_state(run: RunDir, queue: dict[str, tuple[str, str]] | None = None) -> 
     """(state, note) of a run: its files decide when they can, then the scheduler."""
     file_state = run.state()
     attempts = run.attempts()
+    history = failure_history(attempts)
     if file_state == RunState.DONE:
-        return "done", ""
+        return "done", f"after {history}" if history else ""
     if file_state == RunState.NEW or not attempts:
         return "new", ""
     last = attempts[-1]
@@ -92,14 +113,16 @@ def live_state(run: RunDir, queue: dict[str, tuple[str, str]] | None = None) -> 
         ended = last.get("exit_reason") or ""
         if ended == CANCELLED_REASON:
             return "cancelled", reason
-        return ("preempted", ended) if ended.startswith("preempted") else ("failed", reason)
+        if ended.startswith("preempted"):
+            return "preempted", ended
+        return "failed", history if last.get("decision") else reason
     if last.get("executor") != "slurm":
-        return ("running", "") if file_state == RunState.RUNNING else ("interrupted", reason)
+        return ("running", history) if file_state == RunState.RUNNING else ("interrupted", reason)
     job_id = str(last.get("job_id"))
     queue = slurm.squeue_states([job_id]) if queue is None else queue
     if queue is not None and job_id in queue:
         state, nodes = queue[job_id]
-        return state.lower(), f"nodes {nodes}" if nodes else ""
+        return state.lower(), "; ".join(filter(None, [f"nodes {nodes}" if nodes else "", history]))
     if queue is None:
         return "unknown", "squeue unavailable"
     accounted = slurm.sacct_state(job_id)
@@ -107,6 +130,12 @@ def live_state(run: RunDir, queue: dict[str, tuple[str, str]] | None = None) -> 
         return "ended", reason or "not in squeue; sacct unavailable"
     state, nodes = accounted
     return SACCT_TO_STATE.get(state, state.lower()), reason or f"slurm: {state} on {nodes}"
+
+
+def failure_history(attempts: list[dict]) -> str:
+    """Every failed attempt's cause and what was decided (retry or not), oldest first."""
+    failed = [a for a in attempts if a.get("cause")]
+    return "; ".join(f"attempt {a['attempt']}: {a['cause']} ({a.get('decision') or 'not retried'})" for a in failed)
 
 
 def render_table(rows: list[StatusRow]) -> str:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -29,7 +31,7 @@ from harness.errors import HarnessError
 from harness.launch import snapshot
 from harness.launch.executor import make_executor, render_sbatch, submit_all
 from harness.launch.image import git_sha_mismatch, identify
-from harness.launch.task import RunTask
+from harness.launch.task import RunTask, task_wrapper
 from harness.plan import PlannedRun, plan, upstream_keys, upstream_value
 from harness.progress import StepBar
 from harness.provenance import code_snapshot_id, git_state, submit_provenance
@@ -78,21 +80,40 @@ class Group:
 def submit(overrides: list[str], force: bool = False, dry_run: bool = False, wait: bool = False,
            out: TextIO = sys.stdout) -> list[RunDir]:
     runs = plan(overrides, log=lambda msg: print(msg, file=out, flush=True), allow_missing_data=dry_run)
-    to_launch = [_avoid_failed_nodes(p, out) for p in runs if _should_launch(p, force, dry_run, out)]
-    images = _identify_images(to_launch, out)
     if dry_run:
+        to_launch = [_avoid_failed_nodes(p, out) for p in runs if _should_launch(p, force, dry_run, out)]
+        _identify_images(to_launch, out, dry_run=True)
         _print_dry_run(to_launch, out)
         return [p.run for p in runs]
-    local = [p for p in to_launch if p.config.launch.executor == "local"]
-    slurm = [p for p in to_launch if p.config.launch.executor != "local"]
+    # Before anything is written; for the runs that may launch (their states are read again under the lock).
+    images = _identify_images([p for p in runs if force or p.state not in (RunState.DONE, RunState.RUNNING)], out)
+    slurm = [p for p in runs if p.config.launch.executor != "local"]
     if slurm:
-        _launch_slurm(slurm, force, images, out)
-    for planned in local:
-        job, _ = _launch_local(planned, force, images)
-        wait_local(planned, job, out)
+        # Decided and submitted under the runs root's lock: two submits of one config give one job.
+        with submit_lock(slurm):
+            slurm = [_avoid_failed_nodes(p, out) for p in slurm if _should_launch(p, force, dry_run, out)]
+            _launch_slurm(slurm, force, images, out)
+    for planned in [p for p in runs if p.config.launch.executor == "local"]:
+        _run_local(planned, force, images, out)
     if wait and slurm:
         wait_for([p.run for p in slurm], out)
     return [p.run for p in runs]
+
+
+LOCK_NAME = ".submit.lock"
+
+
+@contextlib.contextmanager
+def submit_lock(runs: list[PlannedRun]):
+    """Hold every runs root's submit lock (sorted, so two submitters cannot deadlock) from the
+    moment a run's state is read until its attempt is recorded with its job."""
+    roots = sorted({Path(p.config.paths.runs_root) for p in runs})
+    with contextlib.ExitStack() as stack:
+        for root in roots:
+            root.mkdir(parents=True, exist_ok=True)
+            lock = stack.enter_context(open(root / LOCK_NAME, "w"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _should_launch(planned: PlannedRun, force: bool, dry_run: bool, out: TextIO) -> bool:
@@ -130,7 +151,27 @@ def _avoid_failed_nodes(planned: PlannedRun, out: TextIO) -> PlannedRun:
 
 # --- local -------------------------------------------------------------------------------------
 
-def _launch_local(planned: PlannedRun, force: bool, images: dict) -> tuple[submitit.Job, int]:
+def _run_local(planned: PlannedRun, force: bool, images: dict, out: TextIO) -> None:
+    """Start a local run (under the submit lock), follow it to its end, and start it again while its
+    failures are ones a retry can cure, within launch.max_failures (the decision is rank 0's)."""
+    with submit_lock([planned]):
+        if not _should_launch(planned, force, False, out):
+            return
+        job, attempt = _launch_local(planned, force, images)
+    while True:
+        try:
+            wait_local(planned, job, out)
+            return
+        except RunFailed:
+            decision = next(a for a in planned.run.attempts() if a["attempt"] == attempt).get("decision") or ""
+            if not decision.startswith("retrying"):
+                raise
+        print(f"{planned.run.name}: attempt {attempt} failed: {planned.run.failure_reason(attempt)}; {decision}",
+              file=out, flush=True)
+        job, attempt = _launch_local(planned, False, {}, origin="retry")
+
+
+def _launch_local(planned: PlannedRun, force: bool, images: dict, origin: str = "submit") -> tuple[submitit.Job, int]:
     run, config = planned.run, planned.config
     for upstream in _upstreams(planned):
         if upstream.state() != RunState.DONE:
@@ -138,7 +179,7 @@ def _launch_local(planned: PlannedRun, force: bool, images: dict) -> tuple[submi
                                "submit again when it is done")
     new = not run.path.exists() or force
     code = _prepare(planned, force, images)
-    attempt = run.add_attempt("local")
+    attempt = run.add_attempt("local", origin)
     try:
         executor = make_executor(config.launch, run.logs(attempt), name=f"{config.experiment}-{run.run_id}",
                                  python=snapshot.python_command(code))
@@ -333,14 +374,21 @@ def _roll_back(run: RunDir, attempt: int, created_now: bool) -> None:
 
 # --- shared ------------------------------------------------------------------------------------
 
-def _identify_images(runs: list[PlannedRun], out: TextIO) -> dict[str, dict | None]:
-    """Each distinct container image, identified before anything is written; warn on stale images."""
+def _identify_images(runs: list[PlannedRun], out: TextIO, dry_run: bool = False) -> dict[str, dict | None]:
+    """Each distinct container image, identified before anything is written; warn on stale images.
+    A missing image stops a submit and is a warning on a dry run (it may be built before the submit)."""
     images: dict[str, dict | None] = {}
     code_sha = git_state()["sha"]
     for planned in runs:
         key = _image_key(planned)
         if key not in images:
-            images[key] = identify(planned.config.container)
+            try:
+                images[key] = identify(planned.config.container)
+            except HarnessError as exc:
+                if not dry_run:
+                    raise
+                print(f"warning: {exc}; a submit would stop here", file=out, flush=True)
+                images[key] = None
             warning = git_sha_mismatch(images[key], code_sha)
             if warning:
                 print(warning, file=out, flush=True)
@@ -368,19 +416,46 @@ def _prepare(planned: PlannedRun, force: bool, images: dict) -> Path:
 
 
 def _print_dry_run(runs: list[PlannedRun], out: TextIO) -> None:
-    """What would be submitted, exactly; nothing is written under the runs root."""
+    """What would be submitted, exactly, and the command each task then runs; nothing is written
+    under the runs root."""
     for planned in [p for p in runs if p.config.launch.executor == "local"]:
+        attempt = len(planned.run.attempts()) + 1
         print(f"{planned.run.name}: {planned.state.value}; would run {planned.config.world_size} local task(s) "
               f"-> {planned.run.path}", file=out)
+        print(f"  each task runs: {_task_command(planned, attempt, _snapshot_of(planned), '<rank>')}", file=out)
     groups: list[Group] = []
     _plan_groups([p for p in runs if p.config.launch.executor != "local"], {}, emit=groups.append)
     for group in groups:
         attempts = [len(p.run.attempts()) + 1 for p in group.runs]
-        executor = group.executor(attempts, snapshot.snapshot_dir(group.runs_root, code_snapshot_id()))
+        code = _snapshot_of(group.runs[0])
+        executor = group.executor(attempts, code)
         print(f"# sbatch ({len(group.runs)} run(s); array index -> run directory)", file=out)
         for index, planned in enumerate(group.runs):
             print(f"#   {index}: {planned.run.path}", file=out)
         print(render_sbatch(executor, len(group.runs)), file=out)
+        print("# each task (rank $SLURM_PROCID of its job) then runs, from submitit's worker on its node:", file=out)
+        for index, (planned, attempt) in enumerate(zip(group.runs, attempts)):
+            print(f"#   {index} runs: {_task_command(planned, attempt, code, '$SLURM_PROCID')}", file=out)
+
+
+def _snapshot_of(planned: PlannedRun) -> Path:
+    """The code snapshot a run's next attempt would execute: its first attempt's, else today's."""
+    runs_root = Path(planned.config.paths.runs_root)
+    previous = planned.run.provenance().get("code_snapshot")
+    return snapshot.snapshot_dir(runs_root, previous or code_snapshot_id())
+
+
+def _task_command(planned: PlannedRun, attempt: int, code: Path, rank: str) -> str:
+    """The trainer command of one task, as the task builds it (container runtime line included)."""
+    config = planned.config
+    error_file = planned.run.logs(attempt) / f"rank{rank}.error"
+    name = f"harness-$SLURM_JOB_ID-s0-r{rank}"  # what container_name() makes of the job's own values
+    wrapper = task_wrapper(config, config.paths.data_root, str(code), name)
+    task = RunTask(str(planned.run.path), attempt)
+    if wrapper is None:
+        python = snapshot.python_command(code)
+        return f"{python} -m harness {shlex.join(task.worker_args(error_file))}"
+    return shlex.join(wrapper.wrap(task.worker_args(error_file), env={}))
 
 
 def _set_aside(run: RunDir) -> None:

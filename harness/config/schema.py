@@ -189,6 +189,10 @@ class LaunchConfig:
     array_parallelism: int = 64
     # Attempts of one run (first submission included) before a preempted run stops requeueing.
     max_attempts: int = 5
+    # Failed attempts retried automatically (requeued, resuming from the newest complete
+    # checkpoint) when the cause is one a retry can cure: a rank killed by a signal, a lost node, a
+    # collective timeout or NCCL error. Never a config error, a NaN stop or a failed pre-flight.
+    max_failures: int = 0
     # Resubmitting a failed run keeps it off the nodes where a rank failed (not merely stopped).
     exclude_failed_nodes: bool = True
     # `harness status` calls a running run stalled after this long without a metric.

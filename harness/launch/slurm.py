@@ -60,3 +60,42 @@ def scancel(job_ids: list[str]) -> str | None:
     except subprocess.TimeoutExpired:
         return f"scancel did not answer within {QUERY_TIMEOUT_S}s"
     return (proc.stderr.strip() or f"exit code {proc.returncode}") if proc.returncode else None
+
+
+def _control(*command: str) -> str | None:
+    """Run a scontrol-like command that changes something; its error text, or None on success."""
+    if shutil.which(command[0]) is None:
+        return f"{command[0]} not found"
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"{command[0]} did not answer within {QUERY_TIMEOUT_S}s"
+    return (" ".join(proc.stderr.split()) or f"exit code {proc.returncode}") if proc.returncode else None
+
+
+def requeue(job_id: str) -> str | None:
+    """Put a job (array task) back in the queue; its next start resumes the run."""
+    return _control("scontrol", "requeue", job_id)
+
+
+def exclude_nodes(job_id: str, nodes: list[str]) -> str | None:
+    """Keep a pending (requeued) job off these nodes."""
+    return _control("scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(nodes)}")
+
+
+# sinfo's node states a job can still be given (a trailing * or ~ marks a node not responding or
+# powered down: not usable now).
+USABLE_STATES = {"idle", "mixed", "mix", "allocated", "alloc", "completing", "comp", "planned", "plnd"}
+
+
+def usable_nodes(partition: str | None) -> list[str] | None:
+    """Nodes of the partition (the default one if None) that can take jobs; None if sinfo failed."""
+    out = _run("sinfo", "-h", "-N", "-o", "%N|%T", *(["-p", partition] if partition else []))
+    if out is None:
+        return None
+    nodes = set()
+    for line in out.splitlines():
+        name, _, state = line.partition("|")
+        if state.strip().lower() in USABLE_STATES:
+            nodes.add(name.strip())
+    return sorted(nodes)

@@ -22,6 +22,7 @@ import submitit
 
 from harness.config import RunConfig, load_run_config
 from harness.errors import CHECKPOINTED_EXIT
+from harness.launch import retry, slurm
 from harness.launch.container import Wrapper, container_name
 from harness.launch.environment import torch_env
 
@@ -51,11 +52,13 @@ class RunTask:
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         attempt = self.attempt + restarts
         record = RankRecord(run.logs(attempt), env.global_rank, env.local_rank)
+        refused = None
         if env.global_rank == 0:
             run.ensure_attempt(attempt, "slurm" if os.environ.get("SLURM_JOB_ID") else "local", str(env.job_id))
             run.start_attempt(attempt, nodes=list(env.hostnames), restart_count=restarts)
+            refused = close_lost_attempt(run, attempt) if restarts else None
         try:
-            code, reason = self._run(run, env, record, attempt)
+            code, reason = (1, refused) if refused else self._run(run, env, record, attempt, restarts)
         except Exception as exc:  # anything before or around the trainer: record it, then fail
             code, reason = 1, f"{record.where}: {type(exc).__name__}: {exc}"
         record.finish(code, reason)
@@ -64,17 +67,20 @@ class RunTask:
                 run.mark_done()
             if code == CHECKPOINTED_EXIT:
                 reason = requeue(run, attempt, str(env.job_id))
+            elif code != 0 and not refused:
+                reason = retry_after_failure(run, attempt, str(env.job_id), reason)
             run.end_attempt(attempt, reason)
         if code not in (0, CHECKPOINTED_EXIT):
             raise TaskFailed(reason)
         return self.run_dir
 
-    def _run(self, run, env, record: "RankRecord", attempt: int) -> tuple[int, str]:
+    def _run(self, run, env, record: "RankRecord", attempt: int, restarts: int) -> tuple[int, str]:
         config = load_run_config(run.config_path)
         problem = preflight(config, env.num_tasks, env.num_nodes, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if problem:
             return 1, f"pre-flight failed on node {record.node} (rank {env.global_rank}): {problem}"
-        extra_env = torch_env(str(env.job_id), env.global_rank, env.local_rank, env.num_tasks,
+        # A requeued job keeps its id: a new port per restart, so no socket of the last one is in the way.
+        extra_env = torch_env(f"{env.job_id}/{restarts}", env.global_rank, env.local_rank, env.num_tasks,
                               env.num_nodes, list(env.hostnames))
         extra_env["HARNESS_ATTEMPT"] = str(attempt)
         data_root = config.paths.data_root
@@ -98,12 +104,8 @@ class RunTask:
         return wrapper.wrap(self.worker_args(error_file), env)
 
     def _wrapper(self, config: RunConfig, data_root: str, job_id: str, rank: int) -> Wrapper | None:
-        if config.container.runtime == "none":
-            return None
-        name = container_name(job_id, os.environ.get("SLURM_STEP_ID", "0"), rank)
         code = str(Path(__file__).resolve().parents[2])  # this task imports the run's snapshot
-        return Wrapper(config.container, (data_root, config.paths.runs_root), code, name,
-                       gpus=config.launch.gpus_per_node > 0)
+        return task_wrapper(config, data_root, code, container_name(job_id, os.environ.get("SLURM_STEP_ID", "0"), rank))
 
     def _run_child(self, extra_env: dict[str, str], record: "RankRecord", wrapper: Wrapper | None) -> int:
         env = {**os.environ, **extra_env}
@@ -127,6 +129,14 @@ def _forward(child: subprocess.Popen, record: "RankRecord", signum: int) -> None
     child.send_signal(signum)
 
 
+def task_wrapper(config: RunConfig, data_root: str, code: str, name: str) -> Wrapper | None:
+    """The container a task's trainer runs in (None: on the host), binding the data and runs roots."""
+    if config.container.runtime == "none":
+        return None
+    return Wrapper(config.container, (data_root, config.paths.runs_root), code, name,
+                   gpus=config.launch.gpus_per_node > 0)
+
+
 def requeue(run, attempt: int, job_id: str) -> str:
     """After a checkpointed exit: put the same Slurm job back in the queue (from the host, so the
     container needs no scontrol) and open the next attempt, unless max_attempts is reached."""
@@ -135,11 +145,67 @@ def requeue(run, attempt: int, job_id: str) -> str:
         return "preempted: checkpointed; resubmit to resume"
     if attempt >= config.launch.max_attempts:
         return f"preempted: checkpointed; not requeued (launch.max_attempts={config.launch.max_attempts})"
-    proc = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        return f"preempted: checkpointed; requeue failed ({' '.join(proc.stderr.split())})"
+    error = slurm.requeue(job_id)
+    if error:
+        return f"preempted: checkpointed; requeue failed ({error})"
     run.ensure_attempt(attempt + 1, "slurm", job_id)
     return "preempted: checkpointed; requeued"
+
+
+def retry_after_failure(run, attempt: int, job_id: str, reason: str) -> str:
+    """Rank 0, after its attempt failed: diagnose the cause from every rank's record and, on Slurm,
+    requeue the job when a retry can cure it (launch.max_failures). Local runs are restarted by
+    `harness submit`, which reads the decision recorded here. Returns the attempt's exit reason."""
+    if any(a["attempt"] == attempt and a.get("end") for a in run.attempts()):
+        return reason  # cancelled: the first ending recorded stands
+    config = load_run_config(run.config_path)
+    on_slurm = bool(os.environ.get("SLURM_JOB_ID"))
+    records = retry.wait_for_records(lambda: run.rank_records(attempt), config.world_size,
+                                     retry.RECORD_GRACE_S if on_slurm else 0.0)
+    diagnosis = retry.diagnose(records, config.world_size)
+    usable = (lambda: slurm.usable_nodes(config.launch.partition)) if on_slurm else None
+    decision = retry.decide(diagnosis, run.retries_used(), config.launch, usable)
+    if decision.retry and on_slurm:
+        decision = _requeue_for_retry(run, attempt, job_id, decision)
+    run.record_failure(attempt, diagnosis.cause, decision.text)
+    return f"failed: {diagnosis.cause}; {decision.text}"
+
+
+def _requeue_for_retry(run, attempt: int, job_id: str, decision: retry.Decision) -> retry.Decision:
+    error = slurm.requeue(job_id)
+    if error:
+        return retry.Decision(False, f"not retried: requeue failed ({error})")
+    text = decision.text
+    if decision.exclude:
+        launch = load_run_config(run.config_path).launch
+        nodes = sorted({*filter(None, (launch.exclude or "").split(",")), *decision.exclude})
+        error = slurm.exclude_nodes(job_id, nodes)
+        if error:
+            text = text.replace(f"excluding {', '.join(decision.exclude)}", f"could not exclude nodes ({error})")
+    run.ensure_attempt(attempt + 1, "slurm", job_id, origin="retry")
+    return retry.Decision(True, text, decision.exclude)
+
+
+def close_lost_attempt(run, attempt: int) -> str | None:
+    """Rank 0, starting an attempt of a job Slurm restarted: an earlier attempt left open was lost
+    with its job (Slurm requeued it after a node failure). Record it as a failure; return why this attempt must not run
+    when that exhausts launch.max_failures."""
+    lost = [a for a in run.attempts() if a["attempt"] < attempt and not a.get("end")]
+    if not lost:
+        return None
+    config = load_run_config(run.config_path)
+    refusal = None
+    for entry in lost:
+        records = run.rank_records(entry["attempt"])
+        diagnosis = retry.diagnose([r for r in records if r.get("exit_code") is not None] or records,
+                                   config.world_size)
+        cause = f"its job was requeued by Slurm (node failure?); {diagnosis.cause}"
+        decision = retry.decide(retry.Diagnosis(cause, True), run.retries_used(), config.launch)
+        run.record_failure(entry["attempt"], cause, decision.text)
+        run.end_attempt(entry["attempt"], f"failed: {cause}; {decision.text}")
+        if not decision.retry:
+            refusal = f"not started: attempt {entry['attempt']} {cause}; {decision.text}"
+    return refusal
 
 
 class RankRecord:
