@@ -63,10 +63,12 @@ def parse() -> argparse.Namespace:
 
 def compose(args: argparse.Namespace, steps: int) -> RunConfig:
     """The smoke run with the benchmark's model: through compose, so the engine's config agrees.
-    One rank (the smoke profile has two), and train.steps = the steps we run (the LR schedule)."""
+    One rank (the smoke profile has two), and train.steps = the steps we run (the LR schedule;
+    warmup shortened to fit, as the config requires)."""
     overrides = ["scale=smoke", f"model.d_model={args.d_model}", f"model.n_layers={args.layers}",
                  f"model.n_heads={args.heads}", f"train.micro_batch={args.micro_batch}", "train.grad_accum=1",
-                 f"train.steps={steps}", "launch.nodes=1", "launch.tasks_per_node=1", *args.override]
+                 f"train.steps={steps}", f"train.warmup_steps={min(10, steps - 1)}", "launch.nodes=1",
+                 "launch.tasks_per_node=1", *args.override]
     return compose_runs(overrides)[0].config
 
 

@@ -226,7 +226,9 @@ def _collect(args: argparse.Namespace) -> int:
     runs_root = _runs_root(args.runs_root)
     if not args.output.parent.is_dir():
         raise HarnessError(f"--output {args.output}: directory {args.output.parent} does not exist")
-    render(runs_root, args.output, force=args.force)
+    report = render(runs_root, args.output, force=args.force)
+    for problem in report.unreadable:  # listed apart in the report; said here too, so nobody misses it
+        print(f"harness: warning: {problem} (listed apart in {args.output})", file=sys.stderr)
     print(f"wrote {args.output} from {len(find_runs(runs_root))} run(s) under {runs_root}")
     return 0
 

@@ -34,6 +34,9 @@ from harness.errors import CHECKPOINTED_EXIT, HarnessError
 RUN_ID = re.compile(r"^[0-9a-f]{10}$")
 
 
+_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser where built: status reads many runs
+
+
 class RunState(str, Enum):
     NEW = "new"              # no directory yet
     DONE = "done"
@@ -168,6 +171,17 @@ class RunDir:
 
     def attempts(self) -> list[dict[str, Any]]:
         return self.provenance().get("attempts", [])
+
+    def check_config(self) -> None:
+        """Raise naming config.yaml where it cannot be parsed: a cheap YAML read (status reads
+        many runs); the typed read is load_run_config's."""
+        try:
+            loaded = yaml.load(self.config_path.read_text(), Loader=_YAML)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise HarnessError(f"{self.config_path}: unreadable ({_first_line(exc)}); repair it or move "
+                               f"{self.path} aside") from None
+        if not isinstance(loaded, dict):
+            raise HarnessError(f"{self.config_path}: not a run config; repair it or move {self.path} aside")
 
     def rank_records(self, attempt: int) -> list[dict[str, Any]]:
         records = []

@@ -82,6 +82,7 @@ def _attempts_or_none(run: RunDir) -> list[dict]:
 
 
 def _row(run: RunDir, queue: dict[str, tuple[str, str]] | None) -> StatusRow:
+    run.check_config()
     attempts = run.attempts()
     last = attempts[-1] if attempts else {}
     job_id = str(last.get("job_id") or "-")

@@ -300,9 +300,6 @@ CASES: dict[str, Case] = {
     "status of an unreadable config": Case(("status", "--runs-root", "{tmp}/runs"),
                                            ("{tmp}/runs/" + RUN + "/config.yaml",), code=1,
                                            setup=a_run(config_text="train: [\n")),
-    "collect over an unreadable provenance": Case(
-        ("collect", "--runs-root", "{tmp}/runs", "--output", "{tmp}/R.md"),
-        ("{tmp}/runs/" + RUN + "/provenance.json",), setup=a_run(provenance_text="{broken")),
     "resubmit over an unreadable provenance": Case(("submit", *M), ("provenance.json: unreadable",),
                                                    setup=planned_run_with_provenance("{broken")),
 
@@ -411,6 +408,16 @@ def test_bad_input_is_one_line_and_changes_nothing(case: Case, tmp_path, data_ro
         assert words.format(**places) in (err if case.code else out), err
     assert snapshot(tmp_path, skip=tmp_path / "runs" if case.job else None) == before
     assert case.job or runs_existed or not (tmp_path / "runs").exists()
+
+
+def test_collect_lists_a_run_with_an_unreadable_provenance_apart_and_says_so(tmp_path, data_root, capsys):
+    """Not refused: one corrupt run among many must not stop the report, nor be averaged in."""
+    a_run(provenance_text="{broken")(tmp_path, data_root)
+    code = main(["collect", "--runs-root", str(tmp_path / "runs"), "--output", str(tmp_path / "R.md")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"harness: warning: {tmp_path / 'runs' / RUN}: unreadable provenance.json" in err
+    assert "unreadable provenance.json" in (tmp_path / "R.md").read_text()
 
 
 def test_the_table_is_large_enough():

@@ -25,6 +25,7 @@ from harness.errors import CHECKPOINTED_EXIT
 from harness.launch import retry, slurm
 from harness.launch.container import Wrapper, container_name
 from harness.launch.environment import torch_env
+from harness.portable_paths import resolve
 
 # Every signal a task receives goes on to the trainer: stop signals, and the preemption warning
 # (USR2 by default) on which the trainer checkpoints and exits with CHECKPOINTED_EXIT.
@@ -85,7 +86,8 @@ class RunTask:
         extra_env["HARNESS_ATTEMPT"] = str(attempt)
         data_root = config.paths.data_root
         if config.launch.scratch and config.job == "train":  # a tokenize job writes the dataset
-            data_root = extra_env["HARNESS_DATA_ROOT"] = stage_dataset(run, config.launch.scratch, env.local_rank)
+            data_root = extra_env["HARNESS_DATA_ROOT"] = stage_dataset(
+                run, config.paths.data_root, config.launch.scratch, env.local_rank)
         wrapper = self._wrapper(config, data_root, str(env.job_id), env.global_rank)
         code = self._run_child(extra_env, record, wrapper)
         if code == CHECKPOINTED_EXIT:
@@ -160,8 +162,8 @@ def retry_after_failure(run, attempt: int, job_id: str, reason: str) -> str:
         return reason  # cancelled: the first ending recorded stands
     config = load_run_config(run.config_path)
     on_slurm = bool(os.environ.get("SLURM_JOB_ID"))
-    records = retry.wait_for_records(lambda: run.rank_records(attempt), config.world_size,
-                                     retry.RECORD_GRACE_S if on_slurm else 0.0)
+    # Locally too: the other ranks record their end a moment after rank 0 sees the failure.
+    records = retry.wait_for_records(lambda: run.rank_records(attempt), config.world_size)
     diagnosis = retry.diagnose(records, config.world_size)
     usable = (lambda: slurm.usable_nodes(config.launch.partition)) if on_slurm else None
     decision = retry.decide(diagnosis, run.retries_used(), config.launch, usable)
@@ -266,10 +268,10 @@ def preflight(config: RunConfig, num_tasks: int, num_nodes: int, visible_gpus: s
     return None
 
 
-def stage_dataset(run, scratch: str, local_rank: int) -> str:
+def stage_dataset(run, data_root: str, scratch: str, local_rank: int) -> str:
     """Copy the run's dataset to node-local scratch once per node (again only if its manifest
     changed); return the scratch data root. Other ranks of the node wait for the copy."""
-    source = Path(run.provenance()["data"]["root"])
+    source = resolve(run.provenance()["data"]["root"], data_root)
     root = Path(os.path.expandvars(scratch))
     target = root / source.name
     manifest = (source / "manifest.json").read_bytes()

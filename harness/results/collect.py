@@ -8,6 +8,7 @@ averaged in. The same run directories give the same bytes.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class Report:
     text: str
     figures: dict[str, bytes]     # file name under figures/ -> PNG bytes
     readable: int                 # run directories read (those with an unreadable config.yaml aside)
+    unreadable: list[str]         # "<run dir>: <problem>" for each run listed apart for a file it could not read
 
 
 def build(runs_root: Path, link_base: Path) -> Report:
@@ -53,10 +55,12 @@ def build(runs_root: Path, link_base: Path) -> Report:
     text = env.get_template("RESULTS.md.j2").render(
         sections=sections, apart=collection.apart, unreadable=unreadable,
         evaluations=len(collection.evaluations), figures_dir=FIGURES)
-    return Report(text, pictures, len(records))
+    listed_apart = [f"{r.run.path}: {'; '.join(r.problems)}" for r in records if r.problems]
+    listed_apart += [f"{os.path.normpath(link_base / link)}: {why}" for link, why in unreadable]
+    return Report(text, pictures, len(records), listed_apart)
 
 
-def render(runs_root: Path, output: Path, link_base: Path | None = None, force: bool = False) -> str:
+def render(runs_root: Path, output: Path, link_base: Path | None = None, force: bool = False) -> Report:
     """Write RESULTS.md (links relative to `link_base`, default its directory) and its figures;
     figures of an earlier collect that this one does not draw (a scale gone) are removed. A runs
     root that does not exist, or one with no runs where a report already stands, writes nothing
@@ -77,7 +81,7 @@ def render(runs_root: Path, output: Path, link_base: Path | None = None, force: 
     for name, png in report.figures.items():
         (directory / name).write_bytes(png)
     output.write_text(report.text)
-    return report.text
+    return report
 
 
 # --- one scale ---------------------------------------------------------------------------------

@@ -230,7 +230,7 @@ class Collection:
 def collect(records: list[Record]) -> Collection:
     evaluations = [r for r in records if r.job in EVALUATION_JOBS]
     trained = [r for r in records if r.job not in EVALUATION_JOBS]
-    apart = [(r, r.state) for r in trained if r.state != RunState.DONE.value]
+    apart = [(r, "; ".join((r.state, *r.problems))) for r in trained if r.state != RunState.DONE.value]
     apart += [(r, "; ".join(r.problems)) for r in trained if r.state == RunState.DONE.value and r.problems]
     done = [r for r in trained if r.state == RunState.DONE.value and not r.problems]
     by_arm: dict[tuple[str, str], list[Record]] = defaultdict(list)

@@ -1,3 +1,5 @@
+import pytest
+
 from harness.config import compose_runs
 from harness.launch.environment import torch_env
 from harness.launch import task
@@ -31,26 +33,28 @@ def test_preflight_names_each_mismatch():
     assert "0 visible GPU(s)" in preflight(paper, 64, 8, None)
 
 
-def test_dataset_staging_copies_once_per_node(tmp_path):
+@pytest.mark.parametrize("recorded", ["relative", "absolute"])
+def test_dataset_staging_copies_once_per_node(tmp_path, recorded):
     from harness.launch.task import stage_dataset
 
-    source = tmp_path / "data" / "micro-abc"
+    data_root = tmp_path / "data"
+    source = data_root / "micro-abc"
     source.mkdir(parents=True)
     (source / "manifest.json").write_text("{}")
     (source / "shard.tar").write_bytes(b"x" * 10)
 
-    class Run:
+    class Run:  # provenance records the dataset relative to the data root; older runs, absolute
         def provenance(self):
-            return {"data": {"root": str(source)}}
+            return {"data": {"root": "micro-abc" if recorded == "relative" else str(source)}}
 
     scratch = tmp_path / "scratch"
-    assert stage_dataset(Run(), str(scratch), local_rank=0) == str(scratch)
+    assert stage_dataset(Run(), str(data_root), str(scratch), local_rank=0) == str(scratch)
     assert (scratch / "micro-abc" / "shard.tar").read_bytes() == b"x" * 10
     (source / "shard.tar").write_bytes(b"changed")  # staged once: a second task on the node reuses it
-    stage_dataset(Run(), str(scratch), local_rank=1)
+    stage_dataset(Run(), str(data_root), str(scratch), local_rank=1)
     assert (scratch / "micro-abc" / "shard.tar").read_bytes() == b"x" * 10
     (source / "manifest.json").write_text('{"version": 2}')  # a new dataset version is staged again
-    stage_dataset(Run(), str(scratch), local_rank=0)
+    stage_dataset(Run(), str(data_root), str(scratch), local_rank=0)
     assert (scratch / "micro-abc" / "shard.tar").read_bytes() == b"changed"
 
 

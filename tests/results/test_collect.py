@@ -96,7 +96,8 @@ def paper_runs(experiment_dir: Path) -> list[Path]:
 
 
 # The world's artifacts are published; the reproduction trains them again, here only briefly.
-WORLD_SHORT = ("tokenizer_training.steps=4", "tokenizer_training.eval_images=16", "classifier_training.steps=4",
+WORLD_SHORT = ("tokenizer_training.steps=4", "tokenizer_training.warmup_steps=2",
+               "tokenizer_training.eval_images=16", "classifier_training.steps=4",
                "classifier_training.eval_images=16")
 
 
