@@ -287,7 +287,7 @@ def _plan_tokenize(config: RunConfig, overrides: tuple[str, ...]) -> list[Planne
     load_text_tokenizer(config.data, Path(config.paths.data_root))
     fingerprint = raw_fingerprint(tasks)
     data = {"name": config.data.name, "hash": fingerprint, "raw_shards": len(tasks),
-            "output": str(dataset_dir(config.data, Path(config.paths.data_root)))}
+            "output": dataset_dir(config.data, Path(config.paths.data_root)).name}  # under the data root
     return _part_runs(_single_process(config), overrides, data)
 
 

@@ -107,8 +107,14 @@ class RunDir:
         self.update_provenance(add)
 
     def record_failure(self, attempt: int, cause: str, decision: str) -> None:
-        """The diagnosed cause of a failed attempt and what was done about it (harness/launch/retry.py)."""
-        self._update_attempt(attempt, cause=cause, decision=decision)
+        """Close a failed attempt with its diagnosed cause and what was done about it
+        (harness/launch/retry.py); a later call amends the decision (a requeue that failed)."""
+        def change(p: dict[str, Any]) -> None:
+            for entry in p["attempts"]:
+                if entry["attempt"] == attempt:
+                    entry.update(cause=cause, decision=decision, exit_reason=f"failed: {cause}; {decision}",
+                                 end=entry.get("end") or utc_now())
+        self.update_provenance(change)
 
     def retries_used(self) -> int:
         """Automatic retries since the run was last submitted by a person (or a script)."""

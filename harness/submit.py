@@ -168,7 +168,12 @@ def _run_local(planned: PlannedRun, force: bool, images: dict, out: TextIO) -> N
                 raise
         print(f"{planned.run.name}: attempt {attempt} failed: {planned.run.failure_reason(attempt)}; {decision}",
               file=out, flush=True)
-        job, attempt = _launch_local(planned, False, {}, origin="retry")
+        with submit_lock([planned]):
+            if planned.run.attempts()[-1]["attempt"] != attempt:  # someone submitted it meanwhile
+                print(f"{planned.run.name}: attempt {planned.run.attempts()[-1]['attempt']} was started "
+                      "by another submit; not retrying here", file=out)
+                return
+            job, attempt = _launch_local(planned, False, {}, origin="retry")
 
 
 def _launch_local(planned: PlannedRun, force: bool, images: dict, origin: str = "submit") -> tuple[submitit.Job, int]:

@@ -72,6 +72,16 @@ def diagnose(records: list[dict], world_size: int) -> Diagnosis:
         first = min(killed, key=lambda r: r.get("end_ts") or 0)
         return Diagnosis(first.get("reason") or f"{where(first)}: killed by {killed_by(first).name}", True,
                          tuple(sorted({r.get("node", "?") for r in killed})))
+    # A rank's own error comes before its peers' silence: they may still hang in a collective, or
+    # be removing a container, when the grace ends.
+    own = [r for r in failed if r.get("exit_code") is not None and killed_by(r) is None]
+    if own:
+        first = min(own, key=lambda r: r.get("end_ts") or 0)
+        reason = first.get("reason") or f"{where(first)}: exit code {first.get('exit_code')}"
+        curable = (first.get("exit_code") != USAGE_EXIT and not NOT_CURABLE.search(reason)
+                   and bool(COMMUNICATION.search(reason)))  # the first to fail: its peers' timeouts follow
+        if not curable:
+            return Diagnosis(reason, False)
     unended = [r for r in failed if r.get("exit_code") is None]
     if unended:
         return Diagnosis(f"{', '.join(where(r) for r in unended)}: ended without a record (task or node lost)",
@@ -79,21 +89,16 @@ def diagnose(records: list[dict], world_size: int) -> Diagnosis:
     missing = sorted(set(range(world_size)) - {r["rank"] for r in records})
     if missing:
         return Diagnosis(f"rank(s) {', '.join(map(str, missing))} never started", True)
-    own = [r for r in failed if killed_by(r) is None]
-    if not own:
-        return Diagnosis(f"{', '.join(where(r) for r in failed) or 'every rank'}: stopped by "
-                         f"{'/'.join(s.name for s in STOP_SIGNALS)} (cancelled or stopped)", False)
-    first = min(own, key=lambda r: r.get("end_ts") or 0)
-    reason = first.get("reason") or f"{where(first)}: exit code {first.get('exit_code')}"
-    curable = (first.get("exit_code") != USAGE_EXIT and not NOT_CURABLE.search(reason)
-               and any(COMMUNICATION.search(r.get("reason") or "") for r in own))
-    return Diagnosis(reason, curable)
+    if own:
+        return Diagnosis(reason, True)
+    return Diagnosis(f"{', '.join(where(r) for r in failed) or 'every rank'}: stopped by "
+                     f"{'/'.join(s.name for s in STOP_SIGNALS)} (cancelled or stopped)", False)
 
 
 def decide(diagnosis: Diagnosis, retries_used: int, launch: LaunchConfig,
            usable_nodes: Callable[[], list[str] | None] | None = None) -> Decision:
-    """Retry or not, within launch.max_failures; `usable_nodes` (Slurm only) tells whether the
-    partition can run the job without the failed nodes."""
+    """Retry or not, within launch.max_failures; `usable_nodes` (Slurm only: the partition's nodes
+    the job may still use) tells whether it can run without the failed nodes."""
     if not diagnosis.curable:
         return Decision(False, "not retried: a retry cannot cure this cause")
     if retries_used >= launch.max_failures:
@@ -116,8 +121,7 @@ def _exclusion(diagnosis: Diagnosis, launch: LaunchConfig,
     nodes = usable_nodes()
     if nodes is None:
         return ()
-    already = set(filter(None, (launch.exclude or "").split(",")))
-    left = set(nodes) - already - set(diagnosis.nodes)
+    left = set(nodes) - set(diagnosis.nodes)  # `usable_nodes` leaves out the nodes already excluded
     return tuple(diagnosis.nodes) if len(left) >= launch.nodes else ()
 
 

@@ -99,3 +99,15 @@ def usable_nodes(partition: str | None) -> list[str] | None:
         if state.strip().lower() in USABLE_STATES:
             nodes.add(name.strip())
     return sorted(nodes)
+
+
+def excluded_nodes(job_id: str) -> list[str] | None:
+    """The nodes a job is kept off now (its ExcNodeList, expanded); None if scontrol failed."""
+    out = _run("scontrol", "show", "job", "-o", job_id)
+    if out is None:
+        return None
+    listed = next((f.split("=", 1)[1] for f in out.split() if f.startswith("ExcNodeList=")), "(null)")
+    if listed in ("(null)", ""):
+        return []
+    names = _run("scontrol", "show", "hostnames", listed)
+    return None if names is None else sorted(names.split())

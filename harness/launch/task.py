@@ -57,7 +57,7 @@ class RunTask:
         if env.global_rank == 0:
             run.ensure_attempt(attempt, "slurm" if os.environ.get("SLURM_JOB_ID") else "local", str(env.job_id))
             run.start_attempt(attempt, nodes=list(env.hostnames), restart_count=restarts)
-            refused = close_lost_attempt(run, attempt) if restarts else None
+            refused = close_lost_attempt(run, self.attempt, attempt) if restarts else None
         try:
             code, reason = (1, refused) if refused else self._run(run, env, record, attempt, restarts)
         except Exception as exc:  # anything before or around the trainer: record it, then fail
@@ -165,46 +165,57 @@ def retry_after_failure(run, attempt: int, job_id: str, reason: str) -> str:
     # Locally too: the other ranks record their end a moment after rank 0 sees the failure.
     records = retry.wait_for_records(lambda: run.rank_records(attempt), config.world_size)
     diagnosis = retry.diagnose(records, config.world_size)
-    usable = (lambda: slurm.usable_nodes(config.launch.partition)) if on_slurm else None
+    excluded = (slurm.excluded_nodes(job_id) or []) if on_slurm else []
+    usable = (lambda: _still_usable(config.launch.partition, excluded)) if on_slurm else None
     decision = retry.decide(diagnosis, run.retries_used(), config.launch, usable)
-    if decision.retry and on_slurm:
-        decision = _requeue_for_retry(run, attempt, job_id, decision)
+    # Recorded (and the attempt closed) before the requeue, which starts tearing this job down.
     run.record_failure(attempt, diagnosis.cause, decision.text)
+    if decision.retry and on_slurm:
+        requeued = _requeue_for_retry(run, attempt, job_id, decision, excluded)
+        if requeued.text != decision.text:
+            run.record_failure(attempt, diagnosis.cause, requeued.text)
+        decision = requeued
     return f"failed: {diagnosis.cause}; {decision.text}"
 
 
-def _requeue_for_retry(run, attempt: int, job_id: str, decision: retry.Decision) -> retry.Decision:
+def _still_usable(partition: str | None, excluded: list[str]) -> list[str] | None:
+    nodes = slurm.usable_nodes(partition)
+    return None if nodes is None else [n for n in nodes if n not in excluded]
+
+
+def _requeue_for_retry(run, attempt: int, job_id: str, decision: retry.Decision,
+                       excluded: list[str]) -> retry.Decision:
     error = slurm.requeue(job_id)
     if error:
         return retry.Decision(False, f"not retried: requeue failed ({error})")
     text = decision.text
-    if decision.exclude:
-        launch = load_run_config(run.config_path).launch
-        nodes = sorted({*filter(None, (launch.exclude or "").split(",")), *decision.exclude})
-        error = slurm.exclude_nodes(job_id, nodes)
+    if decision.exclude:  # ExcNodeList replaces the list: keep what the job was already kept off
+        error = slurm.exclude_nodes(job_id, sorted({*excluded, *decision.exclude}))
         if error:
             text = text.replace(f"excluding {', '.join(decision.exclude)}", f"could not exclude nodes ({error})")
     run.ensure_attempt(attempt + 1, "slurm", job_id, origin="retry")
     return retry.Decision(True, text, decision.exclude)
 
 
-def close_lost_attempt(run, attempt: int) -> str | None:
-    """Rank 0, starting an attempt of a job Slurm restarted: an earlier attempt left open was lost
-    with its job (Slurm requeued it after a node failure). Record it as a failure; return why this attempt must not run
-    when that exhausts launch.max_failures."""
-    lost = [a for a in run.attempts() if a["attempt"] < attempt and not a.get("end")]
+def close_lost_attempt(run, first_attempt: int, attempt: int) -> str | None:
+    """Rank 0, starting an attempt of a job Slurm restarted: an earlier attempt of this job left
+    open was lost with it (Slurm requeued it after a node failure, or preempted it). Record it;
+    return why this attempt must not run when a failure exhausts launch.max_failures."""
+    lost = [a for a in run.attempts() if first_attempt <= a["attempt"] < attempt and not a.get("end")]
     if not lost:
         return None
     config = load_run_config(run.config_path)
     refusal = None
     for entry in lost:
         records = run.rank_records(entry["attempt"])
+        if any(r.get("exit_code") == CHECKPOINTED_EXIT for r in records):
+            run.end_attempt(entry["attempt"], "preempted: checkpointed; requeued by Slurm")
+            continue  # a preemption, not a failure: it costs no retry
         diagnosis = retry.diagnose([r for r in records if r.get("exit_code") is not None] or records,
                                    config.world_size)
-        cause = f"its job was requeued by Slurm (node failure?); {diagnosis.cause}"
+        cause = f"its job was requeued by Slurm (node failure or preemption?); {diagnosis.cause}"
         decision = retry.decide(retry.Diagnosis(cause, True), run.retries_used(), config.launch)
         run.record_failure(entry["attempt"], cause, decision.text)
-        run.end_attempt(entry["attempt"], f"failed: {cause}; {decision.text}")
         if not decision.retry:
             refusal = f"not started: attempt {entry['attempt']} {cause}; {decision.text}"
     return refusal
@@ -271,7 +282,10 @@ def preflight(config: RunConfig, num_tasks: int, num_nodes: int, visible_gpus: s
 def stage_dataset(run, data_root: str, scratch: str, local_rank: int) -> str:
     """Copy the run's dataset to node-local scratch once per node (again only if its manifest
     changed); return the scratch data root. Other ranks of the node wait for the copy."""
-    source = resolve(run.provenance()["data"]["root"], data_root)
+    recorded = run.provenance()["data"]["root"]
+    source = resolve(recorded, data_root)
+    if not source.is_dir():  # an absolute root recorded before the data root moved
+        source = Path(data_root) / Path(recorded).name
     root = Path(os.path.expandvars(scratch))
     target = root / source.name
     manifest = (source / "manifest.json").read_bytes()

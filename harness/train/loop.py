@@ -170,6 +170,8 @@ def _save_final(run: RunDir, client: dict, steps: int, tokens: int) -> None:
                                        client["layout"], steps, tokens, client["text_tokenizer"])
         except NotWritten as exc:
             failure = str(exc)
+        except Exception as exc:  # any failure here: the other ranks must hear of it, not time out
+            failure = f"final model file in {run.checkpoints / 'final'}: {type(exc).__name__}: {exc}"
     failure = checkpoints.first_failure(failure)
     if failure:
         raise NotWritten(failure)

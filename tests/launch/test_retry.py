@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness.config import compose_runs
 from harness.launch.retry import Diagnosis, decide, diagnose
@@ -42,6 +43,11 @@ def rank(r: int, code, reason: str = "", node: str = "n1", end_ts: float = 0.0, 
      "non-finite loss", False, ()),
     ([rank(0, 1, "pre-flight failed on node n1 (rank 0): 1 nodes in the job"), rank(1, -15)], "pre-flight", False, ()),
     ([rank(0, 1, "KeyError: 'image'"), rank(1, -15)], "KeyError", False, ()),
+    ([rank(0, 2, "harness: bad shard"), rank(1, None, node="n2")], "bad shard", False, ()),  # peer still hung
+    ([rank(0, 1, "DistBackendError: NCCL error"), rank(1, None, node="n2")], "rank 1 on n2: ended without", True,
+     ("n2",)),  # the lost peer is the cause of the NCCL error
+    ([rank(1, 1, "ValueError: shapes differ", end_ts=1),
+      rank(0, 1, "RuntimeError: Watchdog caught collective operation timeout", end_ts=9)], "ValueError", False, ()),
 ])
 def test_a_cause_is_diagnosed_from_every_ranks_record(records, cause, curable, nodes):
     diagnosis = diagnose(records, world_size=2)
@@ -60,7 +66,8 @@ def test_retries_are_bounded_and_exclude_a_failed_node_only_when_nodes_remain():
     first = decide(killed, 0, launch(max_failures=3), three)
     assert first.retry and first.text == "retrying: 1 of 3; excluding n2" and first.exclude == ("n2",)
     assert decide(killed, 2, launch(max_failures=3), two).text == "retrying: 3 of 3; not excluding n2 (no nodes to spare)"
-    assert decide(killed, 1, launch(max_failures=3, exclude="n3"), three).exclude == ()  # n1 alone cannot hold 2
+    # usable_nodes leaves out what the job is already kept off (here n3): n1 alone cannot hold 2 nodes
+    assert decide(killed, 1, launch(max_failures=3, exclude="n3"), two).exclude == ()
     assert decide(killed, 1, launch(max_failures=3, exclude_failed_nodes=False), three).text == "retrying: 2 of 3"
     exhausted = decide(killed, 3, launch(max_failures=3), three)
     assert not exhausted.retry and exhausted.text == "retries exhausted (3 of 3)"
@@ -81,6 +88,33 @@ def test_retries_are_counted_since_the_last_submit(tmp_path):
     assert run.retries_used() == 2
     run.provenance_path.write_text(json.dumps({"attempts": attempts[:3] + [{"attempt": 7}]}))  # written before origins
     assert run.retries_used() == 0
+
+
+def test_a_restarted_job_closes_only_its_own_lost_attempts_and_a_preemption_costs_no_retry(tmp_path):
+    from harness.config import to_dict
+    from harness.errors import CHECKPOINTED_EXIT
+    from harness.launch.task import close_lost_attempt
+
+    run = RunDir(tmp_path / "random_init" / "0123456789")
+    run.path.mkdir(parents=True)
+    config = compose_runs(["scale=micro", "launch.max_failures=1"])[0].config
+    run.config_path.write_text(yaml.safe_dump(to_dict(config)))
+    attempts = [{"attempt": 1, "origin": "submit", "job_id": "100"},  # another job's, left open
+                {"attempt": 2, "origin": "submit", "job_id": "200"},  # this job: preempted, Slurm requeued
+                {"attempt": 3, "origin": "requeue", "job_id": "200"},  # this job: a node died
+                {"attempt": 4, "origin": "requeue", "job_id": "200"}]
+    run.provenance_path.write_text(json.dumps({"attempts": attempts}))
+    for attempt, codes in ((2, (CHECKPOINTED_EXIT, CHECKPOINTED_EXIT)), (3, (-15, -9))):
+        run.logs(attempt).mkdir(parents=True)
+        for r, code in enumerate(codes):
+            (run.logs(attempt) / f"rank{r}.json").write_text(json.dumps(rank(r, code, node=f"n{r + 1}")))
+
+    assert close_lost_attempt(run, first_attempt=2, attempt=4) is None
+    one, two, three, _ = run.attempts()
+    assert "end" not in one
+    assert two["exit_reason"] == "preempted: checkpointed; requeued by Slurm" and "decision" not in two
+    assert three["decision"] == "retrying: 1 of 1" and "rank 1 on n2" in three["cause"] and three["end"]
+    assert run.retries_used() == 1
 
 
 STEPS = ("train.steps=120", "train.log_every=10", "train.checkpoint_every_steps=20")
