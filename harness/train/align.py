@@ -33,6 +33,7 @@ from harness.errors import HarnessError, run_job
 from harness.train import model_file
 from harness.train.metrics import MetricsWriter
 from harness.train.sources import load_source
+from harness.train.writes import save_whole
 
 ALIGNMENT_FILE = "alignment.pt"
 TABLES = {"input": "tok_embeddings.weight", "output": "output.weight"}
@@ -140,9 +141,7 @@ def _save(run_dir: Path, learned: dict, frozen: dict, layout, config: RunConfig,
     directory = run_dir / "checkpoints" / "final"
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"rows": rows, "layout": asdict(layout), "source": config.init.source, "metrics": final}
-    partial = directory / f"{ALIGNMENT_FILE}.partial"
-    torch.save(payload, partial)
-    partial.replace(directory / ALIGNMENT_FILE)
+    save_whole(payload, directory / ALIGNMENT_FILE, "alignment")
     (directory / model_file.COMPLETE).write_text(f"alignment val_top1 {final['val_top1']:.4f}\n")
     return final
 

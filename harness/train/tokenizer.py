@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from harness.eval import reconstruction
 from harness.train import vq
 from harness.train.metrics import MetricsWriter, truncate_after
 from harness.train.preemption import StopFlag
+from harness.train.writes import save_whole
 
 ARTIFACT = "artifact"
 STATE = "last.pt"
@@ -87,12 +87,9 @@ class Trainer:
         return self.run_dir / "checkpoints" / STATE
 
     def save_state(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.state_path.with_suffix(".partial")
-        torch.save({"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        save_whole({"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "codebook": self.codebook.state_dict(), "generator": self.codebook.generator.get_state(),
-                    "torch_rng": torch.get_rng_state()}, partial)
-        os.replace(partial, self.state_path)
+                    "torch_rng": torch.get_rng_state()}, self.state_path, "tokenizer training state")
 
     def resume(self, log) -> None:
         if not self.state_path.exists():  # a fresh start: an earlier attempt's lines are replayed

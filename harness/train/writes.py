@@ -6,6 +6,7 @@ space left there, never with a traceback or with a half-written file taken for a
 
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import suppress
 from pathlib import Path
@@ -38,6 +39,18 @@ def torch_save(obj: Any, path: Path, zipfile: bool = True) -> None:
         with suppress(OSError):
             path.unlink(missing_ok=True)  # the free space a failure reports is without this part
         raise
+
+
+def save_whole(obj: Any, path: Path, what: str) -> None:
+    """`obj` to `path` whole or not at all (a .partial renamed into place); NotWritten naming `what`,
+    the path and the free space when it does not fit."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch_save(obj, partial)
+        os.replace(partial, path)
+    except OSError as exc:
+        raise NotWritten(f"{what} {path} could not be written: {why(exc, path.parent)}") from None
 
 
 def why(exc: BaseException, where: Path) -> str:
