@@ -27,6 +27,14 @@ def test_results_md_is_what_collect_makes_from_the_committed_outputs():
         assert png == (REPO / FIGURES / name).read_bytes(), name
 
 
+def test_the_committed_outputs_hold_their_run_and_data_paths_relative():
+    """The files committed from the runs name what lies under a root relative to it (README, run directory)."""
+    fields = re.compile(r'"(file|root|output)": "([^"]*)"')
+    found = [(path, value) for path in (REPO / COMMITTED).rglob("*.json")
+             for _, value in fields.findall(path.read_text())]
+    assert found and not [(p, v) for p, v in found if v.startswith("/")]
+
+
 def test_the_committed_results_have_numbers_in_every_table_and_a_verdict_for_every_claim():
     text = (REPO / "RESULTS.md").read_text()
     for heading in ("Claims", "Main comparison", "Loss curves", "Unconditional generation", "Freezing",
