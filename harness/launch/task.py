@@ -69,7 +69,10 @@ class RunTask:
             if code == CHECKPOINTED_EXIT:
                 reason = requeue(run, attempt, str(env.job_id))
             elif code != 0 and not refused:
-                reason = retry_after_failure(run, attempt, str(env.job_id), reason)
+                try:
+                    reason = retry_after_failure(run, attempt, str(env.job_id), reason)
+                except Exception as exc:  # the failure is still recorded, only without a decision
+                    reason = f"{reason}; not retried: no decision ({type(exc).__name__}: {exc})"
             run.end_attempt(attempt, reason)
         if code not in (0, CHECKPOINTED_EXIT):
             raise TaskFailed(reason)
