@@ -20,6 +20,12 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type where it has none)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def run_job(work, error_file: str | None, label: str) -> int:
     """Run a job's work in a task; on failure print the reason, leave it in `error_file` for the
     host-side task (which records it per rank), and re-raise."""

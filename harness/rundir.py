@@ -28,7 +28,7 @@ from typing import Any, Callable
 import yaml
 
 from harness.config import RunConfig, to_dict
-from harness.errors import CHECKPOINTED_EXIT, HarnessError
+from harness.errors import CHECKPOINTED_EXIT, HarnessError, first_line
 
 
 RUN_ID = re.compile(r"^[0-9a-f]{10}$")
@@ -168,7 +168,7 @@ class RunDir:
         try:
             provenance = json.loads(self.provenance_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HarnessError(f"{self.provenance_path}: unreadable ({_first_line(exc)}); repair it or move "
+            raise HarnessError(f"{self.provenance_path}: unreadable ({first_line(exc)}); repair it or move "
                                f"{self.path} aside") from None
         if not isinstance(provenance, dict) or not isinstance(provenance.get("attempts", []), list):
             raise HarnessError(f"{self.provenance_path}: not a run's provenance (no attempts list); repair it "
@@ -184,7 +184,7 @@ class RunDir:
         try:
             loaded = yaml.load(self.config_path.read_text(), Loader=_YAML)
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise HarnessError(f"{self.config_path}: unreadable ({_first_line(exc)}); repair it or move "
+            raise HarnessError(f"{self.config_path}: unreadable ({first_line(exc)}); repair it or move "
                                f"{self.path} aside") from None
         if not isinstance(loaded, dict):
             raise HarnessError(f"{self.config_path}: not a run config; repair it or move {self.path} aside")
@@ -264,10 +264,6 @@ def _new_attempt(number: int, executor: str, job_id: str | None, origin: str) ->
     return {"attempt": number, "job_id": job_id, "executor": executor, "origin": origin,
             "submit_host": socket.gethostname(), "submitted": utc_now(), "nodes": [], "start": None, "end": None,
             "exit_reason": None}
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def utc_now() -> str:

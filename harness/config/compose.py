@@ -28,14 +28,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.config import validate
 from harness.config.schema import RunConfig
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 # jobs/ sits beside the package in a checkout; an image may place it elsewhere.
 JOBS_DIR = Path(os.environ.get("HARNESS_JOBS_DIR", Path(__file__).resolve().parents[2] / "jobs"))
 # In the order Hydra applies them (jobs/config.yaml): a later group overrides an earlier one.
 GROUPS = ("model", "data", "scale", "cluster", "experiment")
 SCHEMA_NAME = "harness_schema"
-
 
 
 def _schema_node() -> Any:
@@ -229,11 +228,11 @@ def load_run_config(path: Path) -> RunConfig:
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), loaded)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise HarnessError(f"{path}: {getattr(exc, 'full_key', '')}: {_first_line(exc)}") from None
+        raise HarnessError(f"{path}: {getattr(exc, 'full_key', '')}: {first_line(exc)}") from None
     except yaml.YAMLError as exc:
         raise HarnessError(_yaml_problem(exc, path)) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise HarnessError(f"{path}: unreadable run config ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise HarnessError(f"{path}: unreadable run config ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
@@ -248,7 +247,7 @@ def _parse(overrides: list[str], where: Origins | None = None) -> list:
         try:
             parsed += parser.parse_overrides([text])
         except HydraException as exc:
-            raise HarnessError(f"cannot parse {text!r} ({_where(text, where)}): {_first_line(exc)}") from None
+            raise HarnessError(f"cannot parse {text!r} ({_where(text, where)}): {first_line(exc)}") from None
     return parsed
 
 
@@ -271,7 +270,7 @@ def _compose_one(overrides: list[str], where: Origins | None = None) -> Composed
         config: RunConfig = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:  # e.g. an interpolation to a key that does not exist
         key = getattr(exc, "full_key", "") or "config"
-        raise HarnessError(f"{key}: {_first_line(exc)} ({origin_of(key, overrides, choices, where)})") from None
+        raise HarnessError(f"{key}: {first_line(exc)} ({origin_of(key, overrides, choices, where)})") from None
     try:
         validate.check(config)
     except validate.Invalid as exc:
@@ -351,12 +350,12 @@ def _explain_hydra_error(exc: HydraException, overrides: list[str], where: Origi
     cause = exc.__cause__
     if cause is not None and getattr(cause, "full_key", None):
         bad = next((o for o in overrides if cause.full_key.startswith(_key(o))), None)
-        return f"{cause.full_key}: {_first_line(cause)} ({_origin(bad, where) if bad else COMMAND_LINE})"
+        return f"{cause.full_key}: {first_line(cause)} ({_origin(bad, where) if bad else COMMAND_LINE})"
     in_file = re.search(r"In '([^']+)': \w+ raised while composing config:\n(.*)\n\s*full_key: (\S+)", text)
     if in_file:
         where_file, message, key = in_file.groups()
         return f"{key}: {message.strip()} (jobs/{where_file}.yaml)"
-    return _first_line(exc)
+    return first_line(exc)
 
 
 def _where(text: str, where: Origins | None) -> str:
@@ -374,7 +373,7 @@ def _yaml_problem(exc: yaml.YAMLError, path: Path | None = None) -> str:
     name = _relative(Path(mark.name)) if mark is not None and mark.name and not mark.name.startswith("<") else None
     name = _relative(path) if path is not None else name or "a jobs/ file"
     at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-    problem = getattr(exc, "problem", None) or _first_line(exc)
+    problem = getattr(exc, "problem", None) or first_line(exc)
     return f"{name}: not valid YAML: {problem}{at}"
 
 
@@ -384,11 +383,6 @@ def _relative(path: Path) -> str:
         return str(Path(JOBS_DIR.name) / path.resolve().relative_to(JOBS_DIR.resolve()))
     except ValueError:
         return str(path)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
